@@ -1,0 +1,5 @@
+"""hepnn: neural networks as deterministic high-level variables in coffea analyses."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

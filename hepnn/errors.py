@@ -1,0 +1,29 @@
+"""Exceptions that the command line turns into one-line messages.
+
+Every error a user can cause with bad input is a :class:`HepnnError`; its
+message names the file (and row, branch, key or feature) and what was expected.
+``hepnn`` prints ``error: <message>`` and exits non-zero, with a traceback only
+under ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class HepnnError(Exception):
+    """Base class of all errors caused by user input."""
+
+
+class InputError(HepnnError):
+    """A data file is malformed (bad CSV row, truncated ROOT file, missing branch...)."""
+
+
+class ConfigError(HepnnError):
+    """A configuration or samples YAML is invalid."""
+
+
+class ModelError(HepnnError):
+    """A model file is missing, tampered with, or does not fit the data."""
+
+
+class AccountingError(HepnnError):
+    """Processed plus skipped entries do not add up to the expected entries."""

@@ -1,0 +1,13 @@
+"""Network architectures, found by name through a small registry.
+
+>>> from hepnn.models import build
+>>> net = build("mlp", n_inputs=30, hidden=[128, 128, 128], activation="tanh", dropout=0.1)
+"""
+
+from __future__ import annotations
+
+from hepnn.models import mlp
+from hepnn.models.mlp import MLP
+from hepnn.models.registry import available, build, register
+
+__all__ = ["MLP", "available", "build", "mlp", "register"]

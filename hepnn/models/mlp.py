@@ -1,0 +1,93 @@
+"""Fully connected network for high-level variables, dropout before every weight layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hepnn.models.registry import register
+
+#: Elementwise activations a config may name. Kept elementwise on purpose: the
+#: closed-form Taylor path and the MC-dropout weight folding rely on it.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+}
+
+
+@register("mlp")
+class MLP(nn.Module):
+    """Multilayer perceptron returning one logit per event.
+
+    Every weight layer (``Linear``) is preceded by a ``Dropout`` layer,
+    including the first one acting on the inputs, which is the condition for MC
+    dropout to approximate a Bayesian network (Gal & Ghahramani,
+    arXiv:1506.02142).
+
+    Parameters
+    ----------
+    n_inputs
+        Number of input features.
+    hidden
+        Width of each hidden layer.
+    activation
+        Name of an elementwise activation in :data:`ACTIVATIONS`.
+    dropout
+        Dropout rate before every hidden weight layer.
+    input_dropout
+        Dropout rate before the first weight layer; defaults to ``dropout``.
+
+    Notes
+    -----
+    ``forward`` returns logits of shape ``(N,)``; the classifier score is
+    ``torch.sigmoid(logit)``. The layers are exposed as ``dropouts``,
+    ``linears`` and ``activation`` so that fast paths (Taylor coefficients in
+    closed form, MC-dropout masks folded into weights) can walk them.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        hidden: Sequence[int] = (64, 64, 64),
+        activation: str = "tanh",
+        dropout: float = 0.1,
+        input_dropout: float | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            msg = f"unknown activation {activation!r}; known: {', '.join(sorted(ACTIVATIONS))}"
+            raise ValueError(msg)
+        if n_inputs < 1:
+            msg = f"n_inputs must be >= 1, got {n_inputs}"
+            raise ValueError(msg)
+        p_in = dropout if input_dropout is None else input_dropout
+        for p in (dropout, p_in):
+            if not 0.0 <= p < 1.0:
+                msg = f"dropout rate must be in [0, 1), got {p}"
+                raise ValueError(msg)
+        widths = [n_inputs, *hidden, 1]
+        self.activation_name = activation
+        self.activation = ACTIVATIONS[activation]()
+        self.dropouts = nn.ModuleList(
+            nn.Dropout(p_in if i == 0 else dropout) for i in range(len(widths) - 1)
+        )
+        self.linears = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        last = len(self.linears) - 1
+        for i, (drop, linear) in enumerate(zip(self.dropouts, self.linears, strict=True)):
+            h = linear(drop(h))
+            if i < last:
+                h = self.activation(h)
+        return h.squeeze(-1)
