@@ -1,0 +1,173 @@
+"""The ``hepnn`` command: ``run``, ``plot``, ``inspect``, ``validate``, ``list``.
+
+Bad input ends with ``error: <one line>`` and a non-zero exit status; add
+``--debug`` (before the subcommand) for the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from hepnn import __version__
+from hepnn.errors import HepnnError
+
+console = Console(stderr=True)
+
+EXIT_INPUT = 2
+
+
+def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().obj.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except HepnnError as err:
+            if debug:
+                raise
+            click.echo(f"error: {' '.join(str(err).split())}", err=True)
+            sys.exit(EXIT_INPUT)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as err:
+            if debug:
+                raise
+            text = " ".join(str(err).split())[:400]
+            click.echo(f"error: {type(err).__name__}: {text} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hepnn")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Neural networks as deterministic high-level variables in coffea analyses."""
+    ctx.obj = {"debug": debug}
+
+
+def _load(config: str, sets: tuple[str, ...], **cli: Any) -> Any:
+    from hepnn.config import load_config
+
+    overrides = list(sets)
+    mapping = {
+        "executor": "executor.name",
+        "workers": "executor.workers",
+        "chunksize": "executor.chunksize",
+        "scheduler": "executor.scheduler",
+        "samples": "samples",
+    }
+    for key, dotted in mapping.items():
+        value = cli.get(key)
+        if value is not None:
+            if key == "samples":
+                value = str(Path(value).resolve())
+            overrides.append(f"{dotted}={value}")
+    return load_config(config, overrides)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("-o", "--outdir", type=click.Path(file_okay=False), help="Output folder [outputs/<config name>].")
+@click.option("--samples", type=click.Path(dir_okay=False), help="Run over another samples YAML.")
+@click.option("--executor", type=click.Choice(["iterative", "futures", "dask"]), help="coffea executor.")
+@click.option("--workers", type=int, help="Worker processes (futures, dask).")
+@click.option("--chunksize", type=int, help="Entries per chunk.")
+@click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:port).")
+@click.option("--test", is_flag=True, help="Smoke run: two chunks per dataset.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bars or tables.")
+@_handle_errors
+def run(config: str, outdir: str | None, test: bool, sets: tuple[str, ...], quiet: bool, **cli: Any) -> None:
+    """Run CONFIG: process its samples and write hists, plots and a manifest."""
+    from hepnn.pipeline import EXIT_SKIPPED, run_config
+
+    if cli.get("scheduler") and not cli.get("executor"):
+        cli["executor"] = "dask"
+    cfg = _load(config, sets, **cli)
+    summary = run_config(
+        cfg, Path(outdir) if outdir else None, test=test, progress=not quiet, console=None if quiet else console
+    )
+    if summary.skipped and not cfg.executor.skip_bad_files:  # pragma: no cover - guarded upstream
+        sys.exit(EXIT_SKIPPED)
+
+
+@main.command()
+@click.argument("outdir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]), help="Plot formats [png, pdf].")
+@_handle_errors
+def plot(outdir: str, formats: tuple[str, ...]) -> None:
+    """Re-draw the plots of OUTDIR from its hists.pkl, without reprocessing."""
+    from hepnn.errors import InputError
+    from hepnn.outputs import load_hists
+    from hepnn.plotting import plot_hists
+
+    path = Path(outdir) / "hists.pkl"
+    if not path.is_file():
+        msg = f"{path}: not found (is {outdir} the output folder of a hepnn run?)"
+        raise InputError(msg)
+    written = plot_hists(load_hists(path), Path(outdir) / "plots", formats or ("png", "pdf"))
+    console.print(f"wrote {len(written)} plots to {Path(outdir) / 'plots'}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@_handle_errors
+def inspect(path: str) -> None:
+    """Summarise a sample file (ROOT, Higgs CSV, npy folder), hists.pkl or output folder."""
+    from hepnn.inspection import inspect_path
+
+    click.echo(inspect_path(Path(path)))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@_handle_errors
+def validate(config: str, sets: tuple[str, ...]) -> None:
+    """Check CONFIG, its samples and its workflow without processing anything."""
+    from hepnn.config import config_hash, config_source
+    from hepnn.samples import load_samples
+    from hepnn.workflow import find_workflow
+
+    cfg = _load(config, sets)
+    specs = load_samples(cfg.samples)
+    src = config_source(cfg)
+    found = find_workflow(cfg.workflow, src.parent if src else None)
+    click.echo(
+        f"{config}: ok — workflow {cfg.workflow} ({found.origin}), "
+        f"{len(specs)} dataset(s) in {cfg.samples}, config hash {config_hash(cfg)[:16]}"
+    )
+
+
+@main.command(name="list")
+@_handle_errors
+def list_(
+) -> None:
+    """List workflows, configs and samples visible from here."""
+    from hepnn.models import available
+    from hepnn.workflow import list_workflows
+
+    click.echo("workflows:")
+    for name, origin in list_workflows(Path.cwd() / "configs").items():
+        click.echo(f"  {name:<16} {origin}")
+    for folder in ("configs", "samples"):
+        click.echo(f"{folder}:")
+        for p in sorted(Path(folder).glob("*.yaml")):
+            click.echo(f"  {p}")
+    click.echo("model architectures:")
+    click.echo("  " + ", ".join(available()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,181 @@
+"""Analysis configuration: one YAML per analysis, validated with pydantic.
+
+A config names a workflow, the samples it runs over, how to execute, and the
+networks it trains and applies. ``--set key.sub=value`` overrides any key;
+values are parsed as YAML scalars (``yaml.safe_load``), never evaluated.
+The *resolved* config (defaults filled in, paths absolute) is saved beside the
+outputs, and its sha256 keys caches and checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from hepnn.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExecutorConfig(_Strict):
+    """How chunks are processed: by coffea's iterative, futures or dask executor."""
+
+    name: Literal["iterative", "futures", "dask"] = "iterative"
+    workers: int = Field(2, ge=1, description="processes (futures) or dask workers")
+    threads_per_worker: int = Field(1, ge=1)
+    chunksize: int = Field(
+        100_000, ge=1, description="entries per chunk (rounded up to a multiple of block_size)"
+    )
+    block_size: int = Field(
+        10_000,
+        ge=1,
+        description="entries per accumulation block: histograms are bitwise identical "
+        "for every chunksize that is a multiple of it",
+    )
+    scheduler: str | None = Field(None, description="address of an existing dask scheduler")
+    retries: int = Field(3, ge=0, description="retries of a failed chunk")
+    skip_bad_files: bool = Field(
+        False, description="skip (and record) chunks that cannot be read instead of failing"
+    )
+
+
+class OutputConfig(_Strict):
+    plot_formats: list[Literal["png", "pdf", "svg"]] = ["png", "pdf"]
+    hists_root: bool = True
+
+
+class Config(_Strict):
+    """The validated content of one ``configs/*.yaml``."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    workflow: str = Field(..., description="workflow name, entry point or path.py:Class")
+    samples: Path = Field(..., description="samples YAML, relative to the config file")
+    seed: int = 1234
+    executor: ExecutorConfig = ExecutorConfig()
+    outputs: OutputConfig = OutputConfig()
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="free options passed to the workflow"
+    )
+    networks: dict[str, Any] = Field(
+        default_factory=dict, description="networks to train/apply (see hepnn.networks)"
+    )
+    taylor: dict[str, Any] = Field(default_factory=dict)
+    uncertainty: dict[str, Any] = Field(default_factory=dict)
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            msg = "must name a workflow"
+            raise ValueError(msg)
+        return v
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            msg = f"{source}: --set {key}: {part!r} is not a mapping"
+            raise ConfigError(msg)
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Parse ``key.sub=value`` strings; values are YAML scalars (``yaml.safe_load``)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            msg = f"--set {item!r}: expected key=value (e.g. executor.chunksize=5000)"
+            raise ConfigError(msg)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            msg = f"--set {item!r}: value is not valid YAML ({err.__class__.__name__})"
+            raise ConfigError(msg) from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {loc!r}"
+    if first["type"] == "missing":
+        return f"{source}: missing required key {loc!r}"
+    got = first.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {first['msg']}{got_s}{more}"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` and a one-line error naming the file."""
+    if not path.is_file():
+        msg = f"{path}: file not found"
+        raise ConfigError(msg)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        msg = f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}"
+        raise ConfigError(msg) from None
+    if not isinstance(data, dict):
+        msg = f"{path}: expected a mapping at the top level, got {type(data).__name__}"
+        raise ConfigError(msg)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load, override and validate a config; relative paths resolve against its folder.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and the offending key.
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(data, key, value, str(path))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(path))) from None
+    base = path.resolve().parent
+    samples = cfg.samples if cfg.samples.is_absolute() else (base / cfg.samples).resolve()
+    if not samples.is_file():
+        msg = f"{path}: samples: file not found: {samples}"
+        raise ConfigError(msg)
+    cfg.samples = samples
+    cfg._source = path.resolve()
+    return cfg
+
+
+def config_source(cfg: Config) -> Path | None:
+    """The file a config was loaded from (None when built in code)."""
+    return cfg._source
+
+
+def resolved_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data."""
+    return json.loads(cfg.model_dump_json())
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the resolved config (canonical JSON)."""
+    blob = json.dumps(resolved_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

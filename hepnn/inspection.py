@@ -1,0 +1,98 @@
+"""``hepnn inspect``: a short text summary of a sample, histogram or output file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import uproot
+
+from hepnn.errors import InputError
+
+
+def inspect_path(path: Path) -> str:
+    """Describe ``path``: a ROOT file, a CSV, a ParT npy folder, hists.pkl or a run folder."""
+    if path.is_dir():
+        if (path / "manifest.json").is_file() or (path / "hists.pkl").is_file():
+            return _inspect_run(path)
+        if list(path.glob("*_pf_vectors.npy")):
+            return _inspect_npy(path)
+        msg = f"{path}: not a hepnn output folder or ParT npy folder"
+        raise InputError(msg)
+    suffix = path.suffix.lower()
+    if suffix == ".root":
+        return _inspect_root(path)
+    if suffix == ".csv":
+        return _inspect_csv(path)
+    if suffix == ".pkl":
+        return _inspect_hists(path)
+    msg = f"{path}: unknown file type (expected .root, .csv, .pkl, or a folder)"
+    raise InputError(msg)
+
+
+def _inspect_root(path: Path) -> str:
+    try:
+        f = uproot.open(path)
+    except Exception as err:
+        msg = f"{path}: cannot read ROOT file ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+        raise InputError(msg) from None
+    lines = [f"{path} (ROOT)"]
+    with f:
+        for key, cls in sorted(f.classnames().items()):
+            obj = f[key]
+            if hasattr(obj, "num_entries"):
+                keys = obj.keys()
+                collections = sorted({k.split("_")[0] for k in keys if not k.startswith("n")})
+                lines.append(f"  {key}: {cls}, {obj.num_entries} entries, {len(keys)} branches")
+                lines.append(f"    collections: {', '.join(collections[:40])}{' ...' if len(collections) > 40 else ''}")
+            else:
+                lines.append(f"  {key}: {cls}")
+    return "\n".join(lines)
+
+
+def _inspect_csv(path: Path) -> str:
+    from hepnn.io.higgs_csv import detect_layout
+
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        header = fh.readline()
+        rows = sum(1 for line in fh if line.strip())
+    layout = detect_layout(header.strip().split(","), path)
+    return f"{path} (Higgs-challenge CSV, layout {layout}): {rows} data rows, {len(header.split(','))} columns"
+
+
+def _inspect_hists(path: Path) -> str:
+    from hepnn.outputs import load_hists
+
+    hists = load_hists(path)
+    lines = [f"{path}: {len(hists)} histograms"]
+    for name, h in hists.items():
+        axes = ", ".join(f"{ax.name}[{len(ax)}]" for ax in h.axes)
+        lines.append(f"  {name:<36} {axes}  sum={float(np.sum(h.values())):.6g}")
+    return "\n".join(lines)
+
+
+def _inspect_run(path: Path) -> str:
+    lines = [f"{path}: hepnn output"]
+    man = path / "manifest.json"
+    if man.is_file():
+        m = json.loads(man.read_text())
+        lines.append(f"  config {m['config']} (hash {m['config_hash'][:16]}), workflow {m['workflow']['name']}, {m['wall_time_s']} s")
+        for name, d in m["datasets"].items():
+            lines.append(
+                f"  {name}: {d['entries_processed']}/{d['entries_expected']} entries processed, "
+                f"{len(d['chunks_skipped'])} chunks skipped"
+            )
+    else:
+        lines.append("  no manifest.json: the run did not finish")
+    if (path / "hists.pkl").is_file():
+        lines.append(_inspect_hists(path / "hists.pkl"))
+    return "\n".join(lines)
+
+
+def _inspect_npy(path: Path) -> str:
+    lines = [f"{path} (ParT npy folder)"]
+    for p in sorted(path.glob("*.npy")):
+        arr = np.load(p, mmap_mode="r")
+        lines.append(f"  {p.name}: {arr.dtype} {arr.shape}")
+    return "\n".join(lines)

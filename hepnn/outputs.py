@@ -1,0 +1,136 @@
+"""Writing a run's outputs atomically.
+
+Every file is written to a temporary name in the same folder and renamed into
+place, so an interrupted run never leaves a half-written file under the final
+name. ``manifest.json`` is removed when a run starts and written last: an output
+folder without it is not complete.
+
+``hists.pkl`` is a plain pickle of ``dict[str, hist.Hist]`` — our own output,
+loadable with ``pickle`` and ``hist`` alone. Unpickle only files you trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import hist
+import numpy as np
+import uproot
+
+MANIFEST = "manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` atomically with ``writer(fileobj)``."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        writer(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_json(path: Path, data: Any) -> None:
+    blob = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
+    atomic_write(path, lambda fh: fh.write(blob + b"\n"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer | np.floating):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    msg = f"not JSON serialisable: {type(obj).__name__}"
+    raise TypeError(msg)
+
+
+def write_pickle(path: Path, hists: dict[str, hist.Hist]) -> None:
+    atomic_write(path, lambda fh: pickle.dump(hists, fh, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_hists(path: Path) -> dict[str, hist.Hist]:
+    """Load ``hists.pkl`` (our own output; never unpickle untrusted files)."""
+    with Path(path).open("rb") as fh:
+        return pickle.load(fh)
+
+
+def _root_name(*parts: str) -> str:
+    return "/".join(p.replace("/", "_").replace(" ", "_") for p in parts if p)
+
+
+def root_objects(hists: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
+    """Split categorical axes into separate 1D/2D histograms ROOT/cabinetry can read.
+
+    ``name`` with a ``StrCategory`` axis ``process`` becomes ``name/<process>``;
+    histograms left with more than two numeric axes are not written.
+    """
+    out: dict[str, hist.Hist] = {}
+    for name, h in hists.items():
+        if all(_is_category(ax) for ax in h.axes):
+            continue  # a pure yield table has no binned axis to write as a TH1
+        for sub, hh in _split_categories(name, h):
+            if 1 <= hh.ndim <= 2:
+                out[sub] = hh
+    return out
+
+
+def _is_category(ax: Any) -> bool:
+    return isinstance(ax, hist.axis.StrCategory | hist.axis.IntCategory)
+
+
+def _split_categories(name: str, h: hist.Hist) -> Iterator[tuple[str, hist.Hist]]:
+    cat_axes = [i for i, ax in enumerate(h.axes) if _is_category(ax)]
+    if not cat_axes:
+        yield name, h
+        return
+    ax = h.axes[cat_axes[0]]
+    for value in ax:
+        yield from _split_categories(_root_name(name, str(value)), h[{ax.name: hist.loc(value)}])
+
+
+def write_root(path: Path, hists: dict[str, hist.Hist]) -> list[str]:
+    """Write the 1D/2D histograms to a ROOT file with uproot; return the names written."""
+    objs = root_objects(hists)
+    with atomic_path(path) as tmp:
+        with uproot.recreate(tmp) as f:
+            for name, h in objs.items():
+                f[name] = h
+    return list(objs)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def start_outdir(outdir: Path) -> None:
+    """Create ``outdir`` and remove an old manifest so a failed run never looks complete."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / MANIFEST).unlink(missing_ok=True)

@@ -1,0 +1,206 @@
+"""``hepnn run``: everything a config asks for, from samples to plots.
+
+The steps, each in its own module: resolve the samples (CSV/npy converted and
+cached, entries counted) → find the workflow → run it with coffea (ordered
+merge, accounting) → write histograms, plots and the manifest (last).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hepnn.config import Config, config_hash, config_source, resolved_dict
+from hepnn.errors import AccountingError
+from hepnn.execution import RunResult, run_workflow
+from hepnn.outputs import (
+    MANIFEST,
+    file_sha256,
+    start_outdir,
+    write_json,
+    write_pickle,
+    write_root,
+)
+from hepnn.samples import Dataset, load_samples, resolve_samples
+from hepnn.workflow import FoundWorkflow, WorkflowContext, find_workflow
+
+PACKAGES = ("hepnn", "coffea", "uproot", "awkward", "hist", "numpy", "torch", "mplhep", "dask", "distributed")
+
+#: Exit status of a run that skipped chunks without the config allowing it.
+EXIT_SKIPPED = 3
+
+
+def cache_dir() -> Path:
+    """Where converted inputs are cached: ``$HEPNN_CACHE_DIR`` or ``~/.cache/hepnn``."""
+    env = os.environ.get("HEPNN_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hepnn"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class RunSummary:
+    outdir: Path
+    result: RunResult
+    manifest: dict[str, Any]
+    files: list[Path]
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(v) for v in self.result.chunks_skipped.values())
+
+
+def default_outdir(cfg: Config) -> Path:
+    return Path("outputs") / cfg.name
+
+
+def prepare(cfg: Config, *, progress: bool = True) -> tuple[dict[str, Dataset], FoundWorkflow]:
+    """Resolve samples and find the workflow (everything before processing)."""
+    datasets = resolve_samples(load_samples(cfg.samples), cache_dir(), progress=progress)
+    src = config_source(cfg)
+    found = find_workflow(cfg.workflow, src.parent if src else None)
+    return datasets, found
+
+
+def run_config(
+    cfg: Config,
+    outdir: Path | None = None,
+    *,
+    test: bool = False,
+    progress: bool = True,
+    console: Any = None,
+) -> RunSummary:
+    """Run a validated config end to end and write its outputs.
+
+    Parameters
+    ----------
+    cfg
+        The validated config (:func:`hepnn.config.load_config`).
+    outdir
+        Output folder (default ``outputs/<config name>``).
+    test
+        Process only two chunks per dataset.
+    progress
+        Show progress bars.
+    console
+        A ``rich.console.Console`` for tables; ``None`` prints nothing.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    outdir = Path(outdir) if outdir is not None else default_outdir(cfg)
+    start_outdir(outdir)
+    datasets, found = prepare(cfg, progress=progress)
+    if console is not None:
+        _print_start(console, cfg, found, datasets, outdir, test)
+    context = WorkflowContext(
+        options=dict(cfg.options),
+        datasets={n: {**d.metadata, "format": d.format} for n, d in datasets.items()},
+        models={},
+        seed=cfg.seed,
+    )
+    workflow = found.cls(context)
+    schema = getattr(found.cls, "schema", None)
+    if schema is None:
+        from coffea.nanoevents import NanoAODSchema
+
+        schema = NanoAODSchema
+    result = run_workflow(
+        workflow, schema, datasets, cfg.executor, maxchunks=2 if test else None, status=progress
+    )
+    hists = result.output
+    files: list[Path] = []
+    (outdir / "config.resolved.yaml").write_text(
+        yaml.safe_dump(resolved_dict(cfg), sort_keys=False), encoding="utf-8"
+    )
+    files.append(outdir / "config.resolved.yaml")
+    write_pickle(outdir / "hists.pkl", hists)
+    files.append(outdir / "hists.pkl")
+    if cfg.outputs.hists_root:
+        write_root(outdir / "hists.root", hists)
+        files.append(outdir / "hists.root")
+    from hepnn.plotting import plot_hists
+
+    files += plot_hists(hists, outdir / "plots", cfg.outputs.plot_formats)
+
+    manifest = {
+        "hepnn_manifest": 1,
+        "config": cfg.name,
+        "config_file": str(config_source(cfg) or ""),
+        "config_hash": config_hash(cfg),
+        "workflow": {"name": cfg.workflow, "origin": found.origin, "source_sha256": found.source_sha256},
+        "test_mode": test,
+        "executor": cfg.executor.model_dump(),
+        "packages": package_versions(),
+        "started": started.isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "processing_time_s": round(result.wall_time, 3),
+        "n_chunks": result.n_chunks,
+        "datasets": {
+            name: {
+                **acc,
+                "files": [
+                    {"path": str(f.source), "root_file": str(f.root_path), "entries": f.entries}
+                    for f in datasets[name].files
+                ],
+            }
+            for name, acc in result.accounting().items()
+        },
+        "outputs": {str(p.relative_to(outdir)): file_sha256(p) for p in files},
+    }
+    for name, acc in manifest["datasets"].items():
+        if acc["entries_processed"] + acc["entries_skipped"] != acc["entries_expected"]:
+            msg = f"dataset {name}: entries do not add up in the manifest"
+            raise AccountingError(msg)
+    write_json(outdir / MANIFEST, manifest)
+    summary = RunSummary(outdir, result, manifest, [*files, outdir / MANIFEST])
+    if console is not None:
+        _print_end(console, summary)
+    return summary
+
+
+def _print_start(console: Any, cfg: Config, found: FoundWorkflow, datasets: dict[str, Dataset], outdir: Path, test: bool) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"hepnn run: {cfg.name}", show_header=False, title_justify="left")
+    table.add_row("workflow", f"{cfg.workflow} ({found.origin})")
+    table.add_row("samples", str(cfg.samples))
+    ex = cfg.executor
+    table.add_row("executor", f"{ex.name}, workers={ex.workers}, chunksize={ex.chunksize}" + (f", scheduler={ex.scheduler}" if ex.scheduler else ""))
+    table.add_row("datasets", ", ".join(f"{n} ({d.entries} entries, {len(d.files)} file(s))" for n, d in datasets.items()))
+    table.add_row("config hash", config_hash(cfg)[:16])
+    table.add_row("output", str(outdir) + ("  [--test: 2 chunks per dataset]" if test else ""))
+    console.print(table)
+
+
+def _print_end(console: Any, summary: RunSummary) -> None:
+    from rich.table import Table
+
+    table = Table(title="events", title_justify="left")
+    for col in ("dataset", "expected", "processed", "skipped"):
+        table.add_column(col, justify="right" if col != "dataset" else "left")
+    for name, acc in summary.manifest["datasets"].items():
+        table.add_row(name, str(acc["entries_expected"]), str(acc["entries_processed"]), str(acc["entries_skipped"]))
+    console.print(table)
+    for name, acc in summary.manifest["datasets"].items():
+        for c in acc["chunks_skipped"]:
+            console.print(f"[yellow]skipped[/] {name}: {c['file']} [{c['entrystart']}, {c['entrystop']}): {c['reason']}")
+    console.print(f"wrote {len(summary.files)} files to {summary.outdir} in {summary.manifest['wall_time_s']:.1f} s")

@@ -1,0 +1,170 @@
+"""Datasets: a samples YAML maps dataset names to files, format and metadata.
+
+.. code-block:: yaml
+
+    datasets:
+      higgs_challenge:
+        format: higgs-csv            # root | higgs-csv | part-npy
+        files: [higgs_challenge_18k.csv]   # relative to this YAML
+        metadata: {is_mc: true}
+      ttbar:
+        format: root
+        treename: Events
+        files: [nanoaod/nano_tt_v15.root]
+        metadata: {is_signal: true, xsec: 831.76}
+
+Non-ROOT formats are converted once into a ROOT ``Events`` tree cached by the
+content hash of the input, so coffea's ``Runner`` reads every format the same
+way. :func:`build_fileset` opens every file before the run and counts its
+entries: that count is what "every event processed" is checked against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import uproot
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hepnn.config import _format_validation_error, read_yaml
+from hepnn.errors import ConfigError, InputError
+
+Format = Literal["root", "higgs-csv", "part-npy"]
+
+
+class DatasetSpec(BaseModel):
+    """One dataset of a samples YAML."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Format = "root"
+    files: list[str] = Field(..., min_length=1)
+    treename: str = "Events"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplesSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: dict[str, DatasetSpec] = Field(..., min_length=1)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One ROOT file as coffea will read it, with the file the user named."""
+
+    source: Path
+    root_path: Path
+    treename: str
+    entries: int
+
+
+@dataclass
+class Dataset:
+    """A dataset resolved to readable ROOT files with known entry counts."""
+
+    name: str
+    format: str
+    files: list[FileEntry]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> int:
+        return sum(f.entries for f in self.files)
+
+
+def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
+    """Read and validate a samples YAML; file paths become absolute.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key, wrong type, or a listed file that does not exist (named).
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        spec = SamplesSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(path))) from None
+    base = path.resolve().parent
+    for name, ds in spec.datasets.items():
+        resolved = []
+        for f in ds.files:
+            p = Path(f).expanduser()
+            p = p if p.is_absolute() else base / p
+            if not p.exists():
+                msg = f"{path}: datasets.{name}.files: file not found: {p}"
+                raise ConfigError(msg)
+            resolved.append(str(p.resolve()))
+        ds.files = resolved
+    return spec.datasets
+
+
+def _count_root(path: Path, treename: str, source: Path) -> int:
+    """Open a ROOT file and count the entries of its tree, with one-line errors."""
+    try:
+        with uproot.open(path) as f:
+            if treename not in f:
+                msg = f"{source}: no tree {treename!r} (found: {', '.join(sorted({k.split(';')[0] for k in f.keys(recursive=False)})) or 'nothing'})"
+                raise InputError(msg)
+            tree = f[treename]
+            if not hasattr(tree, "num_entries"):
+                msg = f"{source}: {treename!r} is a {type(tree).__name__}, not a TTree"
+                raise InputError(msg)
+            return int(tree.num_entries)
+    except InputError:
+        raise
+    except Exception as err:  # uproot raises many types for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = f"{source}: cannot read ROOT file ({type(err).__name__}: {reason[:200]})"
+        raise InputError(msg) from None
+
+
+def resolve_dataset(
+    name: str, spec: DatasetSpec, cache_dir: Path, *, progress: bool = False
+) -> Dataset:
+    """Convert non-ROOT inputs (cached) and count the entries of every file."""
+    files = []
+    for f in spec.files:
+        src = Path(f)
+        if spec.format == "root":
+            root_path, tree = src, spec.treename
+        elif spec.format == "higgs-csv":
+            from hepnn.io.higgs_csv import convert_csv
+
+            from hepnn.progress import byte_progress
+
+            with byte_progress(f"converting {src.name}", progress) as callback:
+                conv = convert_csv(src, cache_dir, progress=callback)
+            root_path, tree = conv.root_path, conv.treename
+        elif spec.format == "part-npy":
+            from hepnn.io.part_npy import convert_part_npy
+
+            conv = convert_part_npy(src, cache_dir)
+            root_path, tree = conv.root_path, conv.treename
+        else:  # pragma: no cover - pydantic restricts the values
+            msg = f"dataset {name}: unknown format {spec.format!r}"
+            raise ConfigError(msg)
+        files.append(FileEntry(src, root_path, tree, _count_root(root_path, tree, src)))
+    return Dataset(name, spec.format, files, dict(spec.metadata))
+
+
+def resolve_samples(
+    specs: dict[str, DatasetSpec], cache_dir: Path, *, progress: bool = False
+) -> dict[str, Dataset]:
+    """Resolve every dataset of a samples YAML (see :func:`resolve_dataset`)."""
+    return {n: resolve_dataset(n, s, cache_dir, progress=progress) for n, s in specs.items()}
+
+
+def to_fileset(datasets: dict[str, Dataset]) -> dict[str, dict[str, Any]]:
+    """The coffea fileset ``{dataset: {"files": {path: tree}, "metadata": {...}}}``."""
+    return {
+        name: {
+            "files": {str(f.root_path): f.treename for f in ds.files},
+            "metadata": {**ds.metadata, "format": ds.format},
+        }
+        for name, ds in datasets.items()
+    }
