@@ -41,7 +41,10 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             text = " ".join(str(err).split())[:400]
-            click.echo(f"error: {type(err).__name__}: {text} (rerun with --debug for the traceback)", err=True)
+            click.echo(
+                f"error: {type(err).__name__}: {text} (rerun with --debug for the traceback)",
+                err=True,
+            )
             sys.exit(1)
 
     return wrapper
@@ -78,17 +81,28 @@ def _load(config: str, sets: tuple[str, ...], **cli: Any) -> Any:
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("-o", "--outdir", type=click.Path(file_okay=False), help="Output folder [outputs/<config name>].")
+@click.option(
+    "-o",
+    "--outdir",
+    type=click.Path(file_okay=False),
+    help="Output folder [outputs/<config name>].",
+)
 @click.option("--samples", type=click.Path(dir_okay=False), help="Run over another samples YAML.")
-@click.option("--executor", type=click.Choice(["iterative", "futures", "dask"]), help="coffea executor.")
+@click.option(
+    "--executor", type=click.Choice(["iterative", "futures", "dask"]), help="coffea executor."
+)
 @click.option("--workers", type=int, help="Worker processes (futures, dask).")
 @click.option("--chunksize", type=int, help="Entries per chunk.")
 @click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:port).")
 @click.option("--test", is_flag=True, help="Smoke run: two chunks per dataset.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 @_handle_errors
-def run(config: str, outdir: str | None, test: bool, sets: tuple[str, ...], quiet: bool, **cli: Any) -> None:
+def run(
+    config: str, outdir: str | None, test: bool, sets: tuple[str, ...], quiet: bool, **cli: Any
+) -> None:
     """Run CONFIG: process its samples and write hists, plots and a manifest."""
     from hepnn.pipeline import EXIT_SKIPPED, run_config
 
@@ -96,7 +110,11 @@ def run(config: str, outdir: str | None, test: bool, sets: tuple[str, ...], quie
         cli["executor"] = "dask"
     cfg = _load(config, sets, **cli)
     summary = run_config(
-        cfg, Path(outdir) if outdir else None, test=test, progress=not quiet, console=None if quiet else console
+        cfg,
+        Path(outdir) if outdir else None,
+        test=test,
+        progress=not quiet,
+        console=None if quiet else console,
     )
     if summary.skipped and not cfg.executor.skip_bad_files:  # pragma: no cover - guarded upstream
         sys.exit(EXIT_SKIPPED)
@@ -104,7 +122,13 @@ def run(config: str, outdir: str | None, test: bool, sets: tuple[str, ...], quie
 
 @main.command()
 @click.argument("outdir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "formats", multiple=True, type=click.Choice(["png", "pdf", "svg"]), help="Plot formats [png, pdf].")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["png", "pdf", "svg"]),
+    help="Plot formats [png, pdf].",
+)
 @_handle_errors
 def plot(outdir: str, formats: tuple[str, ...]) -> None:
     """Re-draw the plots of OUTDIR from its hists.pkl, without reprocessing."""
@@ -152,8 +176,7 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 
 @main.command(name="list")
 @_handle_errors
-def list_(
-) -> None:
+def list_() -> None:
     """List workflows, configs and samples visible from here."""
     from hepnn.models import available
     from hepnn.workflow import list_workflows

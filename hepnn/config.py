@@ -47,6 +47,9 @@ class ExecutorConfig(_Strict):
 
 
 class OutputConfig(_Strict):
+    """What a run writes besides ``hists.pkl`` and ``manifest.json``."""
+
+    plots: bool = True
     plot_formats: list[Literal["png", "pdf", "svg"]] = ["png", "pdf"]
     hists_root: bool = True
 

@@ -24,7 +24,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from coffea import processor
@@ -229,7 +229,7 @@ def run_workflow(
     """
     t0 = time.perf_counter()
     chunks = make_chunks(datasets, executor.chunksize, executor.block_size, maxchunks)
-    expected = {name: 0 for name in datasets}
+    expected = dict.fromkeys(datasets, 0)
     for c in chunks:
         expected[c.dataset] += c.entrystop - c.entrystart
 
@@ -257,7 +257,7 @@ def run_workflow(
     # coffea 2026 returns {"out": accumulator, "processed": ..., "exception": ...}
     done: dict[ChunkKey, Any] = (raw or {}).get("out", {}) if "out" in (raw or {}) else (raw or {})
 
-    processed = {name: 0 for name in datasets}
+    processed = dict.fromkeys(datasets, 0)
     skipped: dict[str, list[dict[str, Any]]] = {}
     reasons = [str(w.message) for w in caught if "skip" in str(w.message).lower()]
     for c in chunks:
@@ -334,9 +334,7 @@ def merge_tree(done: dict[ChunkKey, dict[str, Any]], block_size: int) -> dict[st
 def _work_items(chunks: list[Chunk], datasets: dict[str, Dataset]) -> list[Any]:
     from coffea.processor.executor import WorkItem
 
-    meta = {
-        name: {**ds.metadata, "format": ds.format} for name, ds in datasets.items()
-    }
+    meta = {name: {**ds.metadata, "format": ds.format} for name, ds in datasets.items()}
     return [
         WorkItem(
             dataset=c.dataset,

@@ -45,20 +45,25 @@ def _inspect_root(path: Path) -> str:
                 keys = obj.keys()
                 collections = sorted({k.split("_")[0] for k in keys if not k.startswith("n")})
                 lines.append(f"  {key}: {cls}, {obj.num_entries} entries, {len(keys)} branches")
-                lines.append(f"    collections: {', '.join(collections[:40])}{' ...' if len(collections) > 40 else ''}")
+                lines.append(
+                    f"    collections: {', '.join(collections[:40])}{' ...' if len(collections) > 40 else ''}"
+                )
             else:
                 lines.append(f"  {key}: {cls}")
     return "\n".join(lines)
 
 
 def _inspect_csv(path: Path) -> str:
-    from hepnn.io.higgs_csv import detect_layout
+    from hepnn.io.higgs_csv import LAYOUTS
 
     with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        header = fh.readline()
+        header = fh.readline().strip().split(",")
         rows = sum(1 for line in fh if line.strip())
-    layout = detect_layout(header.strip().split(","), path)
-    return f"{path} (Higgs-challenge CSV, layout {layout}): {rows} data rows, {len(header.split(','))} columns"
+    layout = next((name for name, cols in LAYOUTS.items() if set(cols) == set(header)), None)
+    if layout is None:
+        msg = f"{path}: line 1 (header) matches no Higgs-challenge layout ({', '.join(LAYOUTS)})"
+        raise InputError(msg)
+    return f"{path} (Higgs-challenge CSV, layout {layout}): {rows} data rows, {len(header)} columns"
 
 
 def _inspect_hists(path: Path) -> str:
@@ -77,7 +82,9 @@ def _inspect_run(path: Path) -> str:
     man = path / "manifest.json"
     if man.is_file():
         m = json.loads(man.read_text())
-        lines.append(f"  config {m['config']} (hash {m['config_hash'][:16]}), workflow {m['workflow']['name']}, {m['wall_time_s']} s")
+        lines.append(
+            f"  config {m['config']} (hash {m['config_hash'][:16]}), workflow {m['workflow']['name']}, {m['wall_time_s']} s"
+        )
         for name, d in m["datasets"].items():
             lines.append(
                 f"  {name}: {d['entries_processed']}/{d['entries_expected']} entries processed, "

@@ -78,8 +78,8 @@ def load_hists(path: Path) -> dict[str, hist.Hist]:
         return pickle.load(fh)
 
 
-def _root_name(*parts: str) -> str:
-    return "/".join(p.replace("/", "_").replace(" ", "_") for p in parts if p)
+def _clean(part: str) -> str:
+    return part.replace("/", "_").replace(" ", "_")
 
 
 def root_objects(hists: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
@@ -92,7 +92,7 @@ def root_objects(hists: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
     for name, h in hists.items():
         if all(_is_category(ax) for ax in h.axes):
             continue  # a pure yield table has no binned axis to write as a TH1
-        for sub, hh in _split_categories(name, h):
+        for sub, hh in _split_categories([_clean(name)], h):
             if 1 <= hh.ndim <= 2:
                 out[sub] = hh
     return out
@@ -102,23 +102,22 @@ def _is_category(ax: Any) -> bool:
     return isinstance(ax, hist.axis.StrCategory | hist.axis.IntCategory)
 
 
-def _split_categories(name: str, h: hist.Hist) -> Iterator[tuple[str, hist.Hist]]:
-    cat_axes = [i for i, ax in enumerate(h.axes) if _is_category(ax)]
+def _split_categories(parts: list[str], h: hist.Hist) -> Iterator[tuple[str, hist.Hist]]:
+    cat_axes = [ax for ax in h.axes if _is_category(ax)]
     if not cat_axes:
-        yield name, h
+        yield "/".join(parts), h
         return
-    ax = h.axes[cat_axes[0]]
+    ax = cat_axes[0]
     for value in ax:
-        yield from _split_categories(_root_name(name, str(value)), h[{ax.name: hist.loc(value)}])
+        yield from _split_categories([*parts, _clean(str(value))], h[{ax.name: hist.loc(value)}])
 
 
 def write_root(path: Path, hists: dict[str, hist.Hist]) -> list[str]:
     """Write the 1D/2D histograms to a ROOT file with uproot; return the names written."""
     objs = root_objects(hists)
-    with atomic_path(path) as tmp:
-        with uproot.recreate(tmp) as f:
-            for name, h in objs.items():
-                f[name] = h
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
+        for name, h in objs.items():
+            f[name] = h
     return list(objs)
 
 

@@ -23,6 +23,7 @@ from hepnn.errors import AccountingError
 from hepnn.execution import RunResult, run_workflow
 from hepnn.outputs import (
     MANIFEST,
+    atomic_write,
     file_sha256,
     start_outdir,
     write_json,
@@ -32,7 +33,18 @@ from hepnn.outputs import (
 from hepnn.samples import Dataset, load_samples, resolve_samples
 from hepnn.workflow import FoundWorkflow, WorkflowContext, find_workflow
 
-PACKAGES = ("hepnn", "coffea", "uproot", "awkward", "hist", "numpy", "torch", "mplhep", "dask", "distributed")
+PACKAGES = (
+    "hepnn",
+    "coffea",
+    "uproot",
+    "awkward",
+    "hist",
+    "numpy",
+    "torch",
+    "mplhep",
+    "dask",
+    "distributed",
+)
 
 #: Exit status of a run that skipped chunks without the config allowing it.
 EXIT_SKIPPED = 3
@@ -128,25 +140,29 @@ def run_config(
     )
     hists = result.output
     files: list[Path] = []
-    (outdir / "config.resolved.yaml").write_text(
-        yaml.safe_dump(resolved_dict(cfg), sort_keys=False), encoding="utf-8"
-    )
+    resolved = yaml.safe_dump(resolved_dict(cfg), sort_keys=False).encode()
+    atomic_write(outdir / "config.resolved.yaml", lambda fh: fh.write(resolved))
     files.append(outdir / "config.resolved.yaml")
     write_pickle(outdir / "hists.pkl", hists)
     files.append(outdir / "hists.pkl")
     if cfg.outputs.hists_root:
         write_root(outdir / "hists.root", hists)
         files.append(outdir / "hists.root")
-    from hepnn.plotting import plot_hists
+    if cfg.outputs.plots:
+        from hepnn.plotting import plot_hists
 
-    files += plot_hists(hists, outdir / "plots", cfg.outputs.plot_formats)
+        files += plot_hists(hists, outdir / "plots", cfg.outputs.plot_formats)
 
     manifest = {
         "hepnn_manifest": 1,
         "config": cfg.name,
         "config_file": str(config_source(cfg) or ""),
         "config_hash": config_hash(cfg),
-        "workflow": {"name": cfg.workflow, "origin": found.origin, "source_sha256": found.source_sha256},
+        "workflow": {
+            "name": cfg.workflow,
+            "origin": found.origin,
+            "source_sha256": found.source_sha256,
+        },
         "test_mode": test,
         "executor": cfg.executor.model_dump(),
         "packages": package_versions(),
@@ -177,15 +193,31 @@ def run_config(
     return summary
 
 
-def _print_start(console: Any, cfg: Config, found: FoundWorkflow, datasets: dict[str, Dataset], outdir: Path, test: bool) -> None:
+def _print_start(
+    console: Any,
+    cfg: Config,
+    found: FoundWorkflow,
+    datasets: dict[str, Dataset],
+    outdir: Path,
+    test: bool,
+) -> None:
     from rich.table import Table
 
     table = Table(title=f"hepnn run: {cfg.name}", show_header=False, title_justify="left")
     table.add_row("workflow", f"{cfg.workflow} ({found.origin})")
     table.add_row("samples", str(cfg.samples))
     ex = cfg.executor
-    table.add_row("executor", f"{ex.name}, workers={ex.workers}, chunksize={ex.chunksize}" + (f", scheduler={ex.scheduler}" if ex.scheduler else ""))
-    table.add_row("datasets", ", ".join(f"{n} ({d.entries} entries, {len(d.files)} file(s))" for n, d in datasets.items()))
+    table.add_row(
+        "executor",
+        f"{ex.name}, workers={ex.workers}, chunksize={ex.chunksize}"
+        + (f", scheduler={ex.scheduler}" if ex.scheduler else ""),
+    )
+    table.add_row(
+        "datasets",
+        ", ".join(
+            f"{n} ({d.entries} entries, {len(d.files)} file(s))" for n, d in datasets.items()
+        ),
+    )
     table.add_row("config hash", config_hash(cfg)[:16])
     table.add_row("output", str(outdir) + ("  [--test: 2 chunks per dataset]" if test else ""))
     console.print(table)
@@ -198,9 +230,18 @@ def _print_end(console: Any, summary: RunSummary) -> None:
     for col in ("dataset", "expected", "processed", "skipped"):
         table.add_column(col, justify="right" if col != "dataset" else "left")
     for name, acc in summary.manifest["datasets"].items():
-        table.add_row(name, str(acc["entries_expected"]), str(acc["entries_processed"]), str(acc["entries_skipped"]))
+        table.add_row(
+            name,
+            str(acc["entries_expected"]),
+            str(acc["entries_processed"]),
+            str(acc["entries_skipped"]),
+        )
     console.print(table)
     for name, acc in summary.manifest["datasets"].items():
         for c in acc["chunks_skipped"]:
-            console.print(f"[yellow]skipped[/] {name}: {c['file']} [{c['entrystart']}, {c['entrystop']}): {c['reason']}")
-    console.print(f"wrote {len(summary.files)} files to {summary.outdir} in {summary.manifest['wall_time_s']:.1f} s")
+            console.print(
+                f"[yellow]skipped[/] {name}: {c['file']} [{c['entrystart']}, {c['entrystop']}): {c['reason']}"
+            )
+    console.print(
+        f"wrote {len(summary.files)} files to {summary.outdir} in {summary.manifest['wall_time_s']:.1f} s"
+    )

@@ -21,11 +21,11 @@ import hist
 import matplotlib as mpl
 
 mpl.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mplhep  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import mplhep
+import numpy as np
 
-from hepnn.outputs import atomic_path  # noqa: E402
+from hepnn.outputs import atomic_path
 
 OVERLAY_AXES = ("process", "dataset")
 BAND_AXES = ("mc", "member", "stat")

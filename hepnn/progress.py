@@ -17,12 +17,19 @@ from rich.progress import (
 
 
 @contextlib.contextmanager
-def byte_progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None] | None]:
+def byte_progress(
+    description: str, enabled: bool = True
+) -> Iterator[Callable[[int, int], None] | None]:
     """Yield a ``callback(done_bytes, total_bytes)`` driving a bar, or None when disabled."""
     if not enabled:
         yield None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(description, total=None)
 
@@ -33,7 +40,9 @@ def byte_progress(description: str, enabled: bool = True) -> Iterator[Callable[[
 
 
 @contextlib.contextmanager
-def step_progress(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+def step_progress(
+    description: str, total: int, enabled: bool = True
+) -> Iterator[Callable[..., None]]:
     """Yield ``advance(n=1, **fields)`` for a bar over ``total`` steps (epochs, chunks...)."""
     if not enabled:
         yield lambda *a, **k: None

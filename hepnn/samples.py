@@ -134,7 +134,6 @@ def resolve_dataset(
             root_path, tree = src, spec.treename
         elif spec.format == "higgs-csv":
             from hepnn.io.higgs_csv import convert_csv
-
             from hepnn.progress import byte_progress
 
             with byte_progress(f"converting {src.name}", progress) as callback:

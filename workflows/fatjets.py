@@ -69,7 +69,9 @@ class FatJets(Workflow):
     def process(self, events: Any) -> dict[str, hist.Hist]:
         dataset = events.metadata["dataset"]
         n = len(events)
-        weight = np.sign(ak.to_numpy(events.genWeight)) if "genWeight" in events.fields else np.ones(n)
+        weight = (
+            np.sign(ak.to_numpy(events.genWeight)) if "genWeight" in events.fields else np.ones(n)
+        )
         ptmin = float(self.options.get("fatjet_pt_min", 170.0))
 
         fat = events.FatJet
@@ -81,13 +83,20 @@ class FatJets(Workflow):
 
         out: dict[str, hist.Hist] = {}
         out["nfatjet"] = self._h(
-            hist.axis.Integer(0, 6, name="n", label="FatJets per event"), label="FatJet multiplicity"
+            hist.axis.Integer(0, 6, name="n", label="FatJets per event"),
+            label="FatJet multiplicity",
         )
         out["nfatjet"].fill(dataset=dataset, n=ak.to_numpy(ak.num(fat)), weight=weight)
         specs = {
-            "fatjet_pt": ("pt", hist.axis.Regular(40, 150, 1150, name="x", label=r"FatJet $p_{T}$ [GeV]")),
+            "fatjet_pt": (
+                "pt",
+                hist.axis.Regular(40, 150, 1150, name="x", label=r"FatJet $p_{T}$ [GeV]"),
+            ),
             "fatjet_eta": ("eta", hist.axis.Regular(30, -3, 3, name="x", label=r"FatJet $\eta$")),
-            "fatjet_mass": ("mass", hist.axis.Regular(40, 0, 400, name="x", label="FatJet mass [GeV]")),
+            "fatjet_mass": (
+                "mass",
+                hist.axis.Regular(40, 0, 400, name="x", label="FatJet mass [GeV]"),
+            ),
             "fatjet_msoftdrop": (
                 "msoftdrop",
                 hist.axis.Regular(40, 0, 400, name="x", label="FatJet soft-drop mass [GeV]"),
@@ -97,11 +106,17 @@ class FatJets(Workflow):
             out[name] = self._h(axis, label=name)
             out[name].fill(dataset=dataset, x=ak.to_numpy(ak.flatten(fat[field])), weight=w_fat)
 
-        out["njet"] = self._h(hist.axis.Integer(0, 15, name="n", label="AK4 jets per event"), label="Jet multiplicity")
+        out["njet"] = self._h(
+            hist.axis.Integer(0, 15, name="n", label="AK4 jets per event"), label="Jet multiplicity"
+        )
         out["njet"].fill(dataset=dataset, n=ak.to_numpy(ak.num(jets)), weight=weight)
-        out["jet_pt"] = self._h(hist.axis.Regular(40, 0, 400, name="x", label=r"Jet $p_{T}$ [GeV]"), label="jet_pt")
+        out["jet_pt"] = self._h(
+            hist.axis.Regular(40, 0, 400, name="x", label=r"Jet $p_{T}$ [GeV]"), label="jet_pt"
+        )
         out["jet_pt"].fill(dataset=dataset, x=ak.to_numpy(ak.flatten(jets.pt)), weight=w_jet)
-        out["jet_eta"] = self._h(hist.axis.Regular(30, -5, 5, name="x", label=r"Jet $\eta$"), label="jet_eta")
+        out["jet_eta"] = self._h(
+            hist.axis.Regular(30, -5, 5, name="x", label=r"Jet $\eta$"), label="jet_eta"
+        )
         out["jet_eta"].fill(dataset=dataset, x=ak.to_numpy(ak.flatten(jets.eta)), weight=w_jet)
 
         ncon_axis = hist.axis.Regular(30, 0, 150, name="n", label="PF candidates per FatJet")
@@ -130,7 +145,8 @@ class FatJets(Workflow):
                 label="constituents vs pT",
             )
         out["fatjet_nconstituents"] = self._h(
-            hist.axis.Regular(30, 0, 150, name="n", label="FatJet nConstituents"), label="FatJet nConstituents"
+            hist.axis.Regular(30, 0, 150, name="n", label="FatJet nConstituents"),
+            label="FatJet nConstituents",
         )
         if "nConstituents" in fat.fields:
             out["fatjet_nconstituents"].fill(

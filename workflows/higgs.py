@@ -20,8 +20,8 @@ import hist
 import numpy as np
 
 from hepnn.io.higgs_csv import with_missing
-from hepnn.workflow import Workflow
 from hepnn.schemas import BaseSchema
+from hepnn.workflow import Workflow
 
 PROCESSES = ["signal", "background", "unlabelled"]
 JET_BINS = ["0 jets", "1 jet", "2+ jets"]

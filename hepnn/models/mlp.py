@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -80,7 +81,7 @@ class MLP(nn.Module):
             nn.Dropout(p_in if i == 0 else dropout) for i in range(len(widths) - 1)
         )
         self.linears = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+            nn.Linear(a, b) for a, b in itertools.pairwise(widths)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""Plots of MC-dropout / ensemble bands (mplhep style, no pyplot state).
+
+>>> plot_band(h_nom, {"MC dropout": summary_mc, "Ensemble": summary_ens}, "plots/score_band")
+>>> plot_std_vs_score(h2d, "plots/std_vs_score")
+
+Each writes ``<path>.png`` and ``<path>.pdf``. Figures are built on
+``matplotlib.figure.Figure`` directly (Agg canvas), so nothing touches the global
+pyplot state and a worker never needs a display. Kept apart from
+:mod:`hepnn.bands` so that filling histograms does not import matplotlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import hist
+import matplotlib as mpl
+import mplhep
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["band_figure", "plot_band", "plot_std_vs_score", "save", "std_vs_score_figure"]
+
+#: Fill colours of the bands, in the order of the ``summaries`` mapping.
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")
+
+
+def _row(summary: hist.Hist, stat: str) -> np.ndarray:
+    """Bin contents (no flow) of one ``stat`` row of a 1D summary."""
+    return np.asarray(summary[stat, :].values())
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with NaN (a gap in the drawing) where ``den == 0``."""
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def band_figure(
+    nominal: hist.Hist,
+    summaries: Mapping[str, hist.Hist],
+    *,
+    ylabel: str = "Events",
+    ratio_ylim: tuple[float, float] = (0.0, 2.0),
+) -> Figure:
+    """Distribution with q16–q84 band envelopes and a band/nominal ratio panel.
+
+    Parameters
+    ----------
+    nominal
+        1D histogram of the nominal network (its variances give the stat. error).
+    summaries
+        Label -> 1D summary from :func:`hepnn.bands.summarise`, same binning.
+    ylabel
+        Label of the upper y axis.
+    ratio_ylim
+        y range of the ratio panel (bins with few nominal events give wild ratios).
+
+    Notes
+    -----
+    The envelope is drawn directly between the ``q16`` and ``q84`` rows
+    (``stairs(q84, baseline=q16, fill=True)``) rather than as offsets from the
+    nominal: the replica mean can sit away from the dropout-off nominal, so
+    ``q16`` may lie above it. The replica mean is a dashed line.
+    """
+    edges = nominal.axes[0].edges
+    nom = np.asarray(nominal.values())
+    for label, s in summaries.items():
+        if not np.array_equal(s.axes[1].edges, edges):
+            msg = f"summary {label!r} has a different binning from the nominal histogram"
+            raise ValueError(msg)
+
+    fig = Figure(figsize=(7, 7), layout="constrained")
+    ax, rax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    for i, (label, s) in enumerate(summaries.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        q16, q84, mean = _row(s, "q16"), _row(s, "q84"), _row(s, "mean")
+        ax.stairs(
+            q84, edges, baseline=q16, fill=True, alpha=0.35, color=colour, label=f"{label} q16–q84"
+        )
+        ax.stairs(mean, edges, color=colour, linestyle="--", label=f"{label} mean")
+        rax.stairs(
+            _ratio(q84, nom), edges, baseline=_ratio(q16, nom), fill=True, alpha=0.35, color=colour
+        )
+        rax.stairs(_ratio(mean, nom), edges, color=colour, linestyle="--")
+
+    mplhep.histplot(nominal, ax=ax, color="black", yerr=True, histtype="step", label="Nominal")
+    # Nominal statistical uncertainty in the ratio panel, hatched around 1.
+    rel = _ratio(np.sqrt(np.asarray(nominal.variances())), nom)
+    rax.stairs(
+        1 + rel,
+        edges,
+        baseline=1 - rel,
+        fill=True,
+        facecolor="none",
+        edgecolor="grey",
+        hatch="///",
+        lw=0,
+        label="Nominal stat.",
+    )
+    rax.axhline(1.0, color="black", lw=1)
+
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.set_xlabel("")
+    rax.set_ylim(*ratio_ylim)
+    rax.legend(loc="upper right", fontsize="small")
+    rax.set_ylabel("Band / nominal")
+    rax.set_xlabel(nominal.axes[0].label or nominal.axes[0].name)
+    rax.set_xlim(edges[0], edges[-1])
+    return fig
+
+
+def std_vs_score_figure(h2d: hist.Hist) -> Figure:
+    """2D nominal score vs per-event std, with the mean std per score bin overlaid."""
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    w = np.asarray(h2d.values())
+    # Drawn by hand: mplhep.hist2dplot cannot combine a LogNorm with masking empty bins.
+    mesh = ax.pcolormesh(
+        h2d.axes[0].edges,
+        h2d.axes[1].edges,
+        np.ma.masked_less_equal(w, 0).T,
+        norm=mpl.colors.LogNorm(),
+        cmap="viridis",
+    )
+    fig.colorbar(mesh, ax=ax, label="Events")
+    # Profile: weighted mean of the std-axis bin centres in every score bin.
+    centres = h2d.axes[1].centers
+    total = w.sum(axis=1)
+    profile = _ratio(w @ centres, total)
+    ax.plot(h2d.axes[0].centers, profile, "o-", color="white", mec="black", label="Mean std")
+    ax.set_xlabel(h2d.axes[0].label or h2d.axes[0].name)
+    ax.set_ylabel(h2d.axes[1].label or h2d.axes[1].name)
+    ax.legend()
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> list[Path]:
+    """Write ``fig`` as ``<path>.png`` and ``<path>.pdf`` (an existing suffix is replaced)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in out:
+        fig.savefig(p, dpi=150)
+    return out
+
+
+def plot_band(
+    nominal: hist.Hist,
+    summaries: Mapping[str, hist.Hist],
+    path: str | Path,
+    *,
+    ylabel: str = "Events",
+    ratio_ylim: tuple[float, float] = (0.0, 2.0),
+) -> list[Path]:
+    """Draw :func:`band_figure` and write PNG and PDF; returns the written paths."""
+    return save(band_figure(nominal, summaries, ylabel=ylabel, ratio_ylim=ratio_ylim), path)
+
+
+def plot_std_vs_score(h2d: hist.Hist, path: str | Path) -> list[Path]:
+    """Draw :func:`std_vs_score_figure` and write PNG and PDF; returns the written paths."""
+    return save(std_vs_score_figure(h2d), path)

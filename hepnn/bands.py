@@ -1,0 +1,297 @@
+"""MC-dropout and ensemble bands as ``hist`` objects.
+
+>>> mc = MCDropout(model, samples=100, seed=1)  # hepnn.uncertainty
+>>> h = replica_hist(100)  # axes: IntCategory "mc" x Regular "score"
+>>> h_nom = nominal_hist()
+>>> for x, w in chunks:  # per chunk, summed over chunks (in a fixed order)
+...     fill_replicas(h, mc.scores(x), w)
+...     h_nom.fill(score=mc.nominal(x), weight=w)
+>>> summary = summarise(h, h_nom)  # StrCategory "stat": nominal, mean, std, q16, q84
+
+Every replica fills its own full histogram (one bin row per replica), so the
+replica histograms add like any other histogram across chunks and executors. The
+band statistics are not additive: :func:`summarise` computes them only once,
+after accumulation, per bin over the replica axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hist
+import numpy as np
+
+__all__ = [
+    "QUANTILES",
+    "REPLICA_LABELS",
+    "STATS",
+    "fill_replicas",
+    "fill_std_vs_score",
+    "nominal_hist",
+    "replica_hist",
+    "score_axis",
+    "std_vs_score_hist",
+    "summarise",
+    "to_root_variations",
+]
+
+#: Rows of the summary histogram's ``stat`` axis.
+STATS: tuple[str, ...] = ("nominal", "mean", "std", "q16", "q84")
+#: Quantile levels of the band edges (numpy's default "linear" method).
+QUANTILES: dict[str, float] = {"q16": 0.16, "q84": 0.84}
+#: Axis labels of the replica axis, by axis name (``MCDropout.axis_name`` / ``Ensemble.axis_name``).
+REPLICA_LABELS: dict[str, str] = {"mc": "MC-dropout replica", "member": "Ensemble member"}
+#: Systematic names for :func:`to_root_variations`, by replica axis name.
+VARIATION_NAMES: dict[str, str] = {"mc": "mcdropout", "member": "ensemble"}
+#: Keywords of ``Hist.fill`` that cannot be axis names.
+_RESERVED = frozenset({"sample", "weight", "threads"})
+
+
+def score_axis() -> hist.axis.Regular:
+    """The default variable axis: ``Regular(20, 0, 1, name="score", label="DNN score")``."""
+    return hist.axis.Regular(20, 0.0, 1.0, name="score", label="DNN score")
+
+
+def _check_axis(axis: Any) -> None:
+    if axis.name in _RESERVED:
+        msg = f"axis name {axis.name!r} is a reserved keyword of Hist.fill ({', '.join(sorted(_RESERVED))})"
+        raise ValueError(msg)
+    if not axis.name:
+        msg = "the variable axis needs a name (it is the fill keyword)"
+        raise ValueError(msg)
+
+
+def replica_hist(
+    replicas: int,
+    axis: hist.axis.AxesMixin | None = None,
+    *,
+    replica_axis: str = "mc",
+) -> hist.Hist:
+    """Empty histogram with one full variable histogram per replica.
+
+    Parameters
+    ----------
+    replicas
+        Number of replicas ``T`` (MC-dropout samples or ensemble members).
+    axis
+        Variable axis; default :func:`score_axis`.
+    replica_axis
+        Name of the replica axis: ``"mc"`` (MC dropout) or ``"member"`` (ensembles).
+
+    Returns
+    -------
+    hist.Hist
+        Axes ``IntCategory(range(T), name=replica_axis)`` (no overflow: a bad
+        replica index is an error, not a silent extra bin) and ``axis``; ``Weight``
+        storage.
+    """
+    if replicas < 1:
+        msg = f"replicas must be >= 1, got {replicas}"
+        raise ValueError(msg)
+    axis = score_axis() if axis is None else axis
+    _check_axis(axis)
+    if replica_axis in _RESERVED or replica_axis == axis.name:
+        msg = f"bad replica axis name {replica_axis!r}"
+        raise ValueError(msg)
+    cat = hist.axis.IntCategory(
+        range(replicas),
+        name=replica_axis,
+        label=REPLICA_LABELS.get(replica_axis, replica_axis),
+        overflow=False,
+    )
+    return hist.Hist(cat, axis, storage=hist.storage.Weight())
+
+
+def nominal_hist(axis: hist.axis.AxesMixin | None = None) -> hist.Hist:
+    """Empty 1D histogram (``Weight`` storage) for the nominal, dropout-off network."""
+    axis = score_axis() if axis is None else axis
+    _check_axis(axis)
+    return hist.Hist(axis, storage=hist.storage.Weight())
+
+
+def fill_replicas(
+    h: hist.Hist,
+    values: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> hist.Hist:
+    """Fill replica ``t`` of ``h`` with ``values[t]`` for every ``t``; in place.
+
+    Parameters
+    ----------
+    h
+        From :func:`replica_hist`.
+    values
+        Shape ``(T, N)``: per-replica values of ``N`` events (any per-replica
+        variable, e.g. ``MCDropout.scores``).
+    weights
+        Event weights ``(N,)``, the same for every replica; ``None`` for unit weights.
+
+    Returns
+    -------
+    hist.Hist
+        ``h``, for chaining.
+    """
+    rep_axis, var_axis = h.axes[0], h.axes[1]
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[0] != len(rep_axis):
+        msg = f"values must have shape (T={len(rep_axis)}, N), got {values.shape}"
+        raise ValueError(msg)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != values.shape[1:]:
+            msg = f"weights must have shape ({values.shape[1]},), got {weights.shape}"
+            raise ValueError(msg)
+    # One fill per replica (scalar category broadcast): never materialises the
+    # T*N flattened arrays.
+    for t, cat in enumerate(rep_axis):
+        h.fill(**{rep_axis.name: cat, var_axis.name: values[t]}, weight=weights)
+    return h
+
+
+def _values_variances(h: hist.Hist) -> tuple[np.ndarray, np.ndarray]:
+    """Values and variances including flow bins (zeros for variances of Double storage)."""
+    view = h.view(flow=True)
+    if view.dtype.names:
+        return np.asarray(view.value), np.asarray(view.variance)
+    return np.asarray(view), np.zeros(view.shape)
+
+
+def _same_binning(a: Any, b: Any) -> bool:
+    if a.name != b.name or type(a) is not type(b):
+        return False
+    if hasattr(a, "edges"):
+        return bool(np.array_equal(a.edges, b.edges)) and a.traits == b.traits
+    return list(a) == list(b)
+
+
+def summarise(h_replicas: hist.Hist, h_nominal: hist.Hist) -> hist.Hist:
+    """Per-bin band statistics over the replica axis, after accumulation.
+
+    Parameters
+    ----------
+    h_replicas
+        Accumulated replica histogram (:func:`replica_hist`), all chunks summed.
+    h_nominal
+        Accumulated histogram of the nominal network, same variable axes.
+
+    Returns
+    -------
+    hist.Hist
+        Axes ``StrCategory(STATS, name="stat")`` + the variable axes, ``Weight``
+        storage, flow bins included. Rows: ``nominal`` (values and variances of
+        ``h_nominal``), ``mean`` and ``std`` (``ddof=0``) of the replica bin
+        contents, ``q16`` and ``q84`` (``numpy.quantile`` at :data:`QUANTILES`).
+        Derived rows carry zero variance. ``metadata`` records the replica axis
+        name and count. The replica mean may differ from the nominal.
+    """
+    rep_axis, var_axes = h_replicas.axes[0], list(h_replicas.axes[1:])
+    if len(h_nominal.axes) != len(var_axes) or not all(
+        _same_binning(a, b) for a, b in zip(h_nominal.axes, var_axes, strict=True)
+    ):
+        msg = "h_nominal must have the same variable axes (names and binning) as h_replicas"
+        raise ValueError(msg)
+    reps, _ = _values_variances(h_replicas)
+    reps = reps[: len(rep_axis)]  # drop a category overflow bin, if any
+    nom, nom_var = _values_variances(h_nominal)
+
+    stat_axis = hist.axis.StrCategory(
+        list(STATS), name="stat", label="Band statistic", overflow=False
+    )
+    out = hist.Hist(
+        stat_axis,
+        *var_axes,
+        storage=hist.storage.Weight(),
+        metadata={"replica_axis": rep_axis.name, "replicas": len(rep_axis)},
+    )
+    q16, q84 = np.quantile(reps, [QUANTILES["q16"], QUANTILES["q84"]], axis=0)
+    rows = {
+        "nominal": nom,
+        "mean": reps.mean(axis=0),
+        "std": reps.std(axis=0),
+        "q16": q16,
+        "q84": q84,
+    }
+    view = out.view(flow=True)
+    for i, stat in enumerate(STATS):
+        view.value[i] = rows[stat]
+    view.variance[0] = nom_var
+    return out
+
+
+def std_vs_score_hist(
+    score: hist.axis.AxesMixin | None = None,
+    std: hist.axis.AxesMixin | None = None,
+) -> hist.Hist:
+    """Empty 2D histogram: nominal score vs per-event std over replicas.
+
+    Defaults: :func:`score_axis` and ``Regular(25, 0, 0.25, name="score_std")``.
+    Fill with :func:`fill_std_vs_score`.
+    """
+    score = score_axis() if score is None else score
+    std = (
+        hist.axis.Regular(25, 0.0, 0.25, name="score_std", label="Per-event std of DNN score")
+        if std is None
+        else std
+    )
+    _check_axis(score)
+    _check_axis(std)
+    return hist.Hist(score, std, storage=hist.storage.Weight())
+
+
+def fill_std_vs_score(
+    h: hist.Hist,
+    nominal: np.ndarray,
+    std: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> hist.Hist:
+    """Fill :func:`std_vs_score_hist` with per-event nominal scores and stds; in place."""
+    ax_score, ax_std = h.axes
+    h.fill(**{ax_score.name: np.asarray(nominal), ax_std.name: np.asarray(std)}, weight=weights)
+    return h
+
+
+def to_root_variations(
+    summary: hist.Hist,
+    name: str,
+    variation: str | None = None,
+) -> dict[str, hist.Hist]:
+    """Nominal and up/down templates from a 1D summary, named for ROOT-file fits.
+
+    Parameters
+    ----------
+    summary
+        From :func:`summarise`, with exactly one variable axis.
+    name
+        Template name, e.g. the process (``"ttbar"``).
+    variation
+        Systematic name; default from the replica axis: ``"mcdropout"`` (``mc``)
+        or ``"ensemble"`` (``member``).
+
+    Returns
+    -------
+    dict[str, hist.Hist]
+        ``{name: nominal, f"{name}_{variation}Up": q84, f"{name}_{variation}Down": q16}``,
+        1D ``Weight`` histograms (flow bins kept). This is the combine / HistFactory
+        ``$PROCESS_$SYSTEMATICUp`` convention, which a cabinetry ``HistPath`` or
+        pyhf ``histosys`` template can point at. Write with
+        ``uproot.recreate(path)`` and ``f[key] = h`` per item. The nominal carries
+        the nominal's variances, the up/down templates zero variances. Up/down are
+        the replica quantiles as they are, not re-centred on the nominal.
+    """
+    if len(summary.axes) != 2 or summary.axes[0].name != "stat":
+        msg = "to_root_variations needs a 1D summary: axes ('stat', <variable>)"
+        raise ValueError(msg)
+    if variation is None:
+        meta = summary.metadata if isinstance(summary.metadata, dict) else {}
+        variation = VARIATION_NAMES.get(meta.get("replica_axis", "mc"), "mcdropout")
+    values, variances = _values_variances(summary)
+    stats = list(summary.axes[0])
+    keys = {name: "nominal", f"{name}_{variation}Up": "q84", f"{name}_{variation}Down": "q16"}
+    out = {}
+    for key, stat in keys.items():
+        h = hist.Hist(summary.axes[1], storage=hist.storage.Weight(), name=key)
+        view = h.view(flow=True)
+        view.value = values[stats.index(stat)]
+        view.variance = variances[stats.index(stat)]
+        out[key] = h
+    return out
