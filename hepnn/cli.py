@@ -33,7 +33,7 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             click.echo(f"error: {' '.join(str(err).split())}", err=True)
-            sys.exit(EXIT_INPUT)
+            sys.exit(getattr(err, "exit_code", EXIT_INPUT))
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
@@ -94,16 +94,42 @@ def _load(config: str, sets: tuple[str, ...], **cli: Any) -> Any:
 @click.option("--workers", type=int, help="Worker processes (futures, dask).")
 @click.option("--chunksize", type=int, help="Entries per chunk.")
 @click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:port).")
-@click.option("--test", is_flag=True, help="Smoke run: two chunks per dataset.")
+@click.option(
+    "--test", is_flag=True, help="Smoke run: two chunks per dataset, two training epochs."
+)
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Apply the networks in this folder (e.g. OUT/models of an earlier run) instead of training.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Reuse the chunks an interrupted run into the same output folder finished.",
+)
 @click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable)."
 )
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 @_handle_errors
 def run(
-    config: str, outdir: str | None, test: bool, sets: tuple[str, ...], quiet: bool, **cli: Any
+    config: str,
+    outdir: str | None,
+    test: bool,
+    resume: bool,
+    models_dir: str | None,
+    sets: tuple[str, ...],
+    quiet: bool,
+    **cli: Any,
 ) -> None:
-    """Run CONFIG: process its samples and write hists, plots and a manifest."""
+    """Run CONFIG: process its samples and write hists, plots and a manifest.
+
+    Exit status: 0 done (chunks skipped only where executor.skip_bad_files
+    allows), 2 bad config or input, 3 a chunk failed after its retries (the
+    finished chunks are checkpointed: fix the input and rerun with --resume),
+    130 interrupted.
+    """
     from hepnn.pipeline import EXIT_SKIPPED, run_config
 
     if cli.get("scheduler") and not cli.get("executor"):
@@ -115,6 +141,8 @@ def run(
         test=test,
         progress=not quiet,
         console=None if quiet else console,
+        resume=resume,
+        models_dir=Path(models_dir) if models_dir else None,
     )
     if summary.skipped and not cfg.executor.skip_bad_files:  # pragma: no cover - guarded upstream
         sys.exit(EXIT_SKIPPED)

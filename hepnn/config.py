@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from hepnn.errors import ConfigError
+from hepnn.networks import NetworkSpec
 
 
 class _Strict(BaseModel):
@@ -66,8 +67,8 @@ class Config(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="free options passed to the workflow"
     )
-    networks: dict[str, Any] = Field(
-        default_factory=dict, description="networks to train/apply (see hepnn.networks)"
+    networks: dict[str, NetworkSpec] = Field(
+        default_factory=dict, description="networks to train and apply (hepnn.networks)"
     )
     taylor: dict[str, Any] = Field(default_factory=dict)
     uncertainty: dict[str, Any] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hepnn.config import Config, config_hash, config_source, resolved_dict
@@ -78,7 +79,10 @@ class RunSummary:
 
     @property
     def skipped(self) -> int:
-        return sum(len(v) for v in self.result.chunks_skipped.values())
+        """Chunks and files skipped (``executor.skip_bad_files``)."""
+        return sum(len(v) for v in self.result.chunks_skipped.values()) + sum(
+            len(v) for v in self.result.files_skipped.values()
+        )
 
 
 def default_outdir(cfg: Config) -> Path:
@@ -87,7 +91,12 @@ def default_outdir(cfg: Config) -> Path:
 
 def prepare(cfg: Config, *, progress: bool = True) -> tuple[dict[str, Dataset], FoundWorkflow]:
     """Resolve samples and find the workflow (everything before processing)."""
-    datasets = resolve_samples(load_samples(cfg.samples), cache_dir(), progress=progress)
+    datasets = resolve_samples(
+        load_samples(cfg.samples),
+        cache_dir(),
+        progress=progress,
+        skip_bad_files=cfg.executor.skip_bad_files,
+    )
     src = config_source(cfg)
     found = find_workflow(cfg.workflow, src.parent if src else None)
     return datasets, found
@@ -100,6 +109,8 @@ def run_config(
     test: bool = False,
     progress: bool = True,
     console: Any = None,
+    resume: bool = False,
+    models_dir: Path | None = None,
 ) -> RunSummary:
     """Run a validated config end to end and write its outputs.
 
@@ -115,6 +126,12 @@ def run_config(
         Show progress bars.
     console
         A ``rich.console.Console`` for tables; ``None`` prints nothing.
+    resume
+        Reuse the chunks an interrupted run into ``outdir`` checkpointed, when
+        config, workflow source, models and inputs are unchanged
+        (:mod:`hepnn.checkpoints`). Without it, old checkpoints are deleted.
+    models_dir
+        Apply the networks found here (``<dir>/<name>/model.json``) instead of training.
     """
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
@@ -123,10 +140,11 @@ def run_config(
     datasets, found = prepare(cfg, progress=progress)
     if console is not None:
         _print_start(console, cfg, found, datasets, outdir, test)
+    models = prepare_networks(cfg, datasets, outdir, models_dir, test=test, progress=progress)
     context = WorkflowContext(
         options=dict(cfg.options),
         datasets={n: {**d.metadata, "format": d.format} for n, d in datasets.items()},
-        models={},
+        models={name: str(path) for name, path in models.items()},
         seed=cfg.seed,
     )
     workflow = found.cls(context)
@@ -135,11 +153,39 @@ def run_config(
         from coffea.nanoevents import NanoAODSchema
 
         schema = NanoAODSchema
-    result = run_workflow(
-        workflow, schema, datasets, cfg.executor, maxchunks=2 if test else None, status=progress
+    from hepnn.checkpoints import ChunkCheckpoints, run_fingerprint
+
+    checkpoints = ChunkCheckpoints(
+        outdir,
+        run_fingerprint(
+            resolved_dict(cfg),
+            found.source_sha256,
+            context.models,
+            cfg.executor.block_size,
+            context.datasets,
+        ),
+        resume=resume,
     )
-    hists = result.output
+    result = run_workflow(
+        workflow,
+        schema,
+        datasets,
+        cfg.executor,
+        maxchunks=2 if test else None,
+        status=progress,
+        checkpoints=checkpoints,
+    )
+    hists = dict(result.output)
     files: list[Path] = []
+    columns = hists.pop("columns", {})
+    for dataset, cols in columns.items():
+        path = outdir / "columns" / f"{dataset}.parquet"
+        cols.write_parquet(path)
+        files.append(path)
+    metrics = network_metrics(cfg, models, hists, columns)
+    if metrics:
+        write_json(outdir / "metrics.json", metrics)
+        files.append(outdir / "metrics.json")
     resolved = yaml.safe_dump(resolved_dict(cfg), sort_keys=False).encode()
     atomic_write(outdir / "config.resolved.yaml", lambda fh: fh.write(resolved))
     files.append(outdir / "config.resolved.yaml")
@@ -170,6 +216,10 @@ def run_config(
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "processing_time_s": round(result.wall_time, 3),
         "n_chunks": result.n_chunks,
+        "executor_used": result.executor_info,
+        "checkpoints": {"resume": resume, "chunks_reused": result.chunks_reused},
+        "complete": all(acc["complete"] for acc in result.accounting().values()),
+        "retries": result.retries,
         "datasets": {
             name: {
                 **acc,
@@ -187,10 +237,97 @@ def run_config(
             msg = f"dataset {name}: entries do not add up in the manifest"
             raise AccountingError(msg)
     write_json(outdir / MANIFEST, manifest)
+    if manifest["complete"]:
+        checkpoints.clear()  # kept otherwise: --resume then retries only the skipped chunks
     summary = RunSummary(outdir, result, manifest, [*files, outdir / MANIFEST])
     if console is not None:
         _print_end(console, summary)
     return summary
+
+
+def prepare_networks(
+    cfg: Config,
+    datasets: dict[str, Dataset],
+    outdir: Path,
+    models_dir: Path | None,
+    *,
+    test: bool = False,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Train the config's networks into ``outdir/models`` or take them from ``models_dir``."""
+    from hepnn.networks import find_model, train_network
+
+    models: dict[str, Path] = {}
+    for name, spec in cfg.networks.items():
+        if models_dir is not None:
+            models[name] = find_model(name, Path(models_dir))
+            continue
+        if test:  # smoke run: a couple of epochs are enough to exercise everything
+            spec = spec.model_copy(
+                update={
+                    "training": spec.training.model_copy(
+                        update={"epochs": min(2, spec.training.epochs)}
+                    )
+                }
+            )
+        models[name] = train_network(name, spec, datasets, outdir / "models", progress=progress)
+    return models
+
+
+def network_metrics(
+    cfg: Config, models: dict[str, Path], hists: dict[str, Any], columns: dict[str, Any]
+) -> dict[str, Any]:
+    """ROC/AMS curves into ``hists`` and AUC/AMS per network and dataset.
+
+    Metrics use only events the network did not train on: for a k-fold model every
+    event (each is scored by the fold model that did not see it), for a parity
+    split the odd event ids.
+    """
+    from hepnn.metrics import auc, best_ams, curve_hists
+    from hepnn.modelio import load_model
+
+    out: dict[str, Any] = {}
+    for name, path in models.items():
+        fine = hists.get(f"score_fine_{name}")
+        if fine is not None:
+            hists.update(curve_hists(name, fine))
+        loaded = load_model(path)
+        per_dataset = {}
+        for dataset, cols in columns.items():
+            data = cols.data
+            key = f"score_{name}"
+            if key not in data or "Label" not in data:
+                continue
+            keep = np.ones(len(cols), dtype=bool)
+            if loaded.method == "parity" and loaded.id_column in data:
+                keep = data[loaded.id_column] % 2 == 1
+            score, label = data[key][keep], data["Label"][keep]
+            weight = data["Weight"][keep] if "Weight" in data else None
+            entry = {
+                "events": int(keep.sum()),
+                "auc": auc(score, label),
+                "auc_weighted": auc(score, label, weight) if weight is not None else None,
+            }
+            if weight is not None:
+                import hist as _hist
+
+                h = _hist.Hist(
+                    _hist.axis.StrCategory(["signal", "background"], name="process"),
+                    _hist.axis.Regular(1000, 0.0, 1.0, name="score"),
+                    storage=_hist.storage.Weight(),
+                )
+                h.fill(
+                    process=np.where(label == 1, "signal", "background"), score=score, weight=weight
+                )
+                entry["ams_best"], entry["ams_threshold"] = best_ams(h)
+            per_dataset[dataset] = entry
+        out[name] = {
+            "model": str(path),
+            "split": loaded.method,
+            "evaluated_on": "events the model did not train on",
+            "datasets": per_dataset,
+        }
+    return out
 
 
 def _print_start(
@@ -239,9 +376,11 @@ def _print_end(console: Any, summary: RunSummary) -> None:
     console.print(table)
     for name, acc in summary.manifest["datasets"].items():
         for c in acc["chunks_skipped"]:
-            console.print(
-                f"[yellow]skipped[/] {name}: {c['file']} [{c['entrystart']}, {c['entrystop']}): {c['reason']}"
-            )
+            console.print(f"[yellow]skipped chunk[/] {name}: {c['reason']}")
+        for f in acc["files_skipped"]:
+            console.print(f"[yellow]skipped file[/] {name}: {f['reason']} (entries unknown)")
+    if summary.result.chunks_reused:
+        console.print(f"reused {summary.result.chunks_reused} chunk(s) from checkpoints (--resume)")
     console.print(
         f"wrote {len(summary.files)} files to {summary.outdir} in {summary.manifest['wall_time_s']:.1f} s"
     )

@@ -47,8 +47,16 @@ def save_figure(fig: plt.Figure, path_stem: Path, formats: Iterable[str]) -> lis
     return written
 
 
+def _meta(h: hist.Hist) -> dict:
+    meta = vars(h).get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
 def _overlay_axis(h: hist.Hist) -> str | None:
     names = {ax.name for ax in h.axes if _is_cat(ax)}
+    wanted = _meta(h).get("overlay")
+    if wanted in names:
+        return wanted
     return next((n for n in OVERLAY_AXES if n in names), None)
 
 
@@ -120,9 +128,35 @@ def plot_2d(h: hist.Hist, title: str) -> plt.Figure:
     return fig
 
 
+def plot_roc(h: hist.Hist, title: str) -> plt.Figure:
+    """ROC curve from an efficiency-vs-threshold histogram (``process`` × threshold)."""
+    eff_s = h[{"process": "signal"}].values()
+    eff_b = h[{"process": "background"}].values()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.plot(eff_s, eff_b, label=h.axes["threshold"].label.replace(" score threshold", ""))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="random")
+    ax.set_xlabel("signal efficiency")
+    ax.set_ylabel("background efficiency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=14)
+    ax.set_title(title, fontsize=14, loc="left")
+    return fig
+
+
+def plot_curve(h: hist.Hist, title: str) -> plt.Figure:
+    """A value per bin (e.g. AMS vs threshold) as a line."""
+    axis = h.axes[0]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.plot(axis.edges[:-1], h.values())
+    ax.set_xlabel(axis.label or axis.name)
+    ax.set_ylabel((h.label or "").split(":")[-1].split(" of ")[0].strip() or "value")
+    ax.set_title(title, fontsize=14, loc="left")
+    return fig
+
+
 def plottable(h: hist.Hist) -> bool:
-    meta = vars(h).get("metadata")
-    if isinstance(meta, dict) and meta.get("plot") is False:
+    if _meta(h).get("plot") is False:
         return False
     if any(ax.name in BAND_AXES for ax in h.axes):
         return False
@@ -142,7 +176,13 @@ def plot_hists(
             continue
         n_num = sum(not _is_cat(ax) for ax in h.axes)
         title = (h.label or name) if isinstance(h.label, str) and h.label else name
-        fig = plot_overlay(h, title) if n_num == 1 else plot_2d(h, title)
+        kind = _meta(h).get("plot")
+        if kind == "roc":
+            fig = plot_roc(h, title)
+        elif kind == "curve":
+            fig = plot_curve(h, title)
+        else:
+            fig = plot_overlay(h, title) if n_num == 1 else plot_2d(h, title)
         stem = plot_dir / name.replace("/", "__")
         written += save_figure(fig, stem, formats)
     plt.rcdefaults()

@@ -9,6 +9,13 @@ Histograms (all weighted with the event ``Weight`` when the sample has one):
 kinematics of the main DER_/PRI_ variables split by dataset, process
 (signal/background from ``Label``) and jet-multiplicity category (0, 1, ≥2 jets),
 a yield table per category and a 2D visible vs MMC mass.
+
+With networks (``context.models``), each network's score is a deterministic
+column of the events (:func:`hepnn.variables.network_score`): histogrammed per
+process (``score_<net>``, and finely binned for ROC/AMS curves), used to bin key
+variables (``<var>_by_score_<net>``) and as a selection (``<var>_cut_<net>``:
+score > ``options.score_cut``), and returned per event for
+``columns/<dataset>.parquet``.
 """
 
 from __future__ import annotations
@@ -19,11 +26,16 @@ import awkward as ak
 import hist
 import numpy as np
 
+from hepnn.columns import Columns
 from hepnn.io.higgs_csv import with_missing
 from hepnn.schemas import BaseSchema
+from hepnn.variables import network_score
 from hepnn.workflow import Workflow
 
 PROCESSES = ["signal", "background", "unlabelled"]
+SCORE_BINS = ["0.00-0.25", "0.25-0.50", "0.50-0.75", "0.75-1.00"]
+#: Variables shown in bins of a network score and after the score cut.
+KEY_VARIABLES = ("DER_mass_MMC", "DER_mass_vis", "DER_pt_h", "DER_mass_transverse_met_lep")
 JET_BINS = ["0 jets", "1 jet", "2+ jets"]
 
 #: name → (bins, low, high, axis label with unit)
@@ -52,6 +64,8 @@ class Higgs(Workflow):
     -------
     use_weights : bool
         Fill with the ``Weight`` column (default true).
+    score_cut : float
+        Selection on each network score for the ``*_cut_<net>`` histograms (default 0.5).
     """
 
     name = "higgs"
@@ -124,4 +138,82 @@ class Higgs(Workflow):
             weight=weight[both],
         )
         out["mvis_vs_mmc"] = h2
+
+        columns: dict[str, np.ndarray] = {"EventId": ak.to_numpy(events.EventId)}
+        if "Label" in fields:
+            columns["Label"] = ak.to_numpy(events.Label).astype(np.int8)
+        if "Weight" in fields:
+            columns["Weight"] = ak.to_numpy(events.Weight)
+        for net, path in self.context.models.items():
+            score = network_score(path, events)
+            columns[f"score_{net}"] = score
+            out.update(self._network_hists(net, score, ev, dataset, process, jet_bin, weight))
+        out["columns"] = {dataset: Columns(columns)}
+        return out
+
+    def _network_hists(
+        self,
+        net: str,
+        score: np.ndarray,
+        ev: Any,
+        dataset: str,
+        process: np.ndarray,
+        jet_bin: np.ndarray,
+        weight: np.ndarray,
+    ) -> dict[str, hist.Hist]:
+        out: dict[str, hist.Hist] = {}
+        s = score.astype(np.float64)
+        h = hist.Hist(
+            *self._axes(),
+            hist.axis.Regular(50, 0.0, 1.0, name="score", label=f"{net} score"),
+            storage=hist.storage.Weight(),
+            label=f"{net} score",
+        )
+        h.fill(dataset=dataset, process=process, njet=jet_bin, score=s, weight=weight)
+        out[f"score_{net}"] = h
+        fine = hist.Hist(
+            hist.axis.StrCategory(PROCESSES, name="process"),
+            hist.axis.Regular(1000, 0.0, 1.0, name="score", label=f"{net} score"),
+            storage=hist.storage.Weight(),
+            label=f"{net} score (fine binning for ROC/AMS)",
+            metadata={"plot": False},
+        )
+        fine.fill(process=process, score=s, weight=weight)
+        out[f"score_fine_{net}"] = fine
+
+        score_bin = np.array(SCORE_BINS)[np.clip((s * 4).astype(int), 0, 3)]
+        cut = float(self.options.get("score_cut", 0.5))
+        passed = s > cut
+        for var in KEY_VARIABLES:
+            bins, lo, hi, label = VARIABLES[var]
+            values = ev[var]
+            present = ~ak.to_numpy(ak.is_none(values))
+            x = ak.to_numpy(values[present]).astype(np.float64)
+            by = hist.Hist(
+                hist.axis.StrCategory(PROCESSES, name="process"),
+                hist.axis.StrCategory(SCORE_BINS, name="score_bin", label=f"{net} score"),
+                hist.axis.Regular(bins, lo, hi, name="x", label=label),
+                storage=hist.storage.Weight(),
+                label=f"{var} in bins of the {net} score",
+                metadata={"overlay": "score_bin"},
+            )
+            by.fill(
+                process=process[present], score_bin=score_bin[present], x=x, weight=weight[present]
+            )
+            out[f"{var}_by_score_{net}"] = by
+            sel = passed[present]
+            after = hist.Hist(
+                *self._axes(),
+                hist.axis.Regular(bins, lo, hi, name="x", label=label),
+                storage=hist.storage.Weight(),
+                label=f"{var}, {net} score > {cut:g}",
+            )
+            after.fill(
+                dataset=dataset,
+                process=process[present][sel],
+                njet=jet_bin[present][sel],
+                x=x[sel],
+                weight=weight[present][sel],
+            )
+            out[f"{var}_cut_{net}"] = after
         return out

@@ -1,0 +1,117 @@
+"""Networks a config trains and applies: ``networks: {name: {training: ...}}``.
+
+``hepnn run`` trains every network the config lists (or takes it from
+``--models DIR``), saves it under ``OUTDIR/models/<name>/`` and hands the
+workflow the paths, which applies them as deterministic columns
+(:func:`hepnn.variables.network_score`).
+
+.. code-block:: yaml
+
+    networks:
+      dnn:
+        label: Label          # integer 0/1 branch
+        weight: Weight        # branch used when training.use_weights is true
+        datasets: null        # train on these datasets (default: all)
+        training:             # hepnn.train.TrainSettings
+          features: [DER_mass_MMC, ...]
+          split: {method: kfold, folds: 3}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import uproot
+from pydantic import BaseModel, ConfigDict, Field
+
+from hepnn.errors import ConfigError, InputError, ModelError
+from hepnn.train import TrainSettings
+
+if TYPE_CHECKING:
+    from hepnn.samples import Dataset
+
+
+class NetworkSpec(BaseModel):
+    """One network of a config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training: TrainSettings
+    label: str = "Label"
+    weight: str = "Weight"
+    datasets: list[str] | None = Field(None, description="datasets to train on (default all)")
+    max_events: int | None = Field(None, ge=1, description="train on at most this many events")
+
+
+def read_columns(
+    datasets: dict[str, Dataset], names: list[str], branches: list[str]
+) -> dict[str, np.ndarray]:
+    """Read ``branches`` of the listed datasets' files into memory, in file order."""
+    parts: dict[str, list[np.ndarray]] = {b: [] for b in branches}
+    for name in names:
+        if name not in datasets:
+            msg = f"networks: unknown dataset {name!r} (known: {', '.join(datasets)})"
+            raise ConfigError(msg)
+        for f in datasets[name].files:
+            with uproot.open(f.root_path) as fh:
+                tree = fh[f.treename]
+                missing = [b for b in branches if b not in tree]
+                if missing:
+                    msg = f"{f.source}: branch(es) {', '.join(missing)} needed for training not in tree {f.treename!r}"
+                    raise InputError(msg)
+                arrays = tree.arrays(branches, library="np")
+            for b in branches:
+                parts[b].append(arrays[b])
+    return {b: np.concatenate(v) for b, v in parts.items()}
+
+
+def train_network(
+    name: str,
+    spec: NetworkSpec,
+    datasets: dict[str, Dataset],
+    outdir: Path,
+    *,
+    progress: bool = True,
+    epoch_callback: Any = None,
+) -> Path:
+    """Train network ``name`` on the config's datasets and save it to ``outdir/name``."""
+    s = spec.training
+    id_col = s.split.id_column
+    branches = list(
+        dict.fromkeys([*s.features, id_col, spec.label, *([spec.weight] if s.use_weights else [])])
+    )
+    cols = read_columns(datasets, spec.datasets or list(datasets), branches)
+    if spec.max_events is not None:
+        cols = {k: v[: spec.max_events] for k, v in cols.items()}
+    labels = cols[spec.label]
+    if not np.isin(labels, (0, 1)).all():
+        msg = f"networks.{name}: label branch {spec.label!r} must hold 0/1"
+        raise InputError(msg)
+    weights = cols[spec.weight] if s.use_weights else None
+    from hepnn.train import train
+
+    result = train(
+        s,
+        cols,
+        labels,
+        weights,
+        cols[id_col],
+        outdir / name,
+        progress=progress,
+        epoch_callback=epoch_callback,
+    )
+    if result.path is None:  # pragma: no cover - train saves when given an outdir
+        msg = f"networks.{name}: training did not save a model"
+        raise ModelError(msg)
+    return result.path
+
+
+def find_model(name: str, models_dir: Path) -> Path:
+    """``models_dir/name`` as a model folder, with a one-line error when absent."""
+    path = models_dir / name
+    if not (path / "model.json").is_file():
+        msg = f"--models {models_dir}: no model.json for network {name!r} (expected {path / 'model.json'})"
+        raise ModelError(msg)
+    return path
