@@ -55,6 +55,26 @@ class OutputConfig(_Strict):
     hists_root: bool = True
 
 
+class MCDropoutConfig(_Strict):
+    """MC dropout: ``samples`` thinned networks with masks drawn from ``seed``."""
+
+    samples: int = Field(50, ge=1)
+    seed: int | None = Field(None, description="default: the config seed")
+
+
+class EnsembleConfig(_Strict):
+    """Deep ensemble: the network trained with ``members`` seeds (member 0 is the nominal)."""
+
+    members: int = Field(3, ge=2)
+
+
+class UncertaintyConfig(_Strict):
+    """Bands on every network score histogram; both off unless configured."""
+
+    mc_dropout: MCDropoutConfig | None = None
+    ensemble: EnsembleConfig | None = None
+
+
 class Config(_Strict):
     """The validated content of one ``configs/*.yaml``."""
 
@@ -71,7 +91,7 @@ class Config(_Strict):
         default_factory=dict, description="networks to train and apply (hepnn.networks)"
     )
     taylor: dict[str, Any] = Field(default_factory=dict)
-    uncertainty: dict[str, Any] = Field(default_factory=dict)
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
     _source: Path | None = PrivateAttr(default=None)
 
     @field_validator("workflow")

@@ -30,6 +30,7 @@ from hepnn.errors import ConfigError, InputError, ModelError
 from hepnn.train import TrainSettings
 
 if TYPE_CHECKING:
+    from hepnn.config import Config
     from hepnn.samples import Dataset
 
 
@@ -115,3 +116,50 @@ def find_model(name: str, models_dir: Path) -> Path:
         msg = f"--models {models_dir}: no model.json for network {name!r} (expected {path / 'model.json'})"
         raise ModelError(msg)
     return path
+
+
+def member_name(name: str, member: int) -> str:
+    """Folder name of ensemble member ``member`` (>= 1) of network ``name``."""
+    return f"{name}_member{member}"
+
+
+def prepare_networks(
+    cfg: Config,
+    datasets: dict[str, Dataset],
+    outdir: Path,
+    models_dir: Path | None,
+    *,
+    test: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Train the config's networks (and ensemble members) or take them from ``models_dir``.
+
+    Returns
+    -------
+    models, ensembles
+        Network name → model folder; network name → member folders (member 0 is
+        the network itself, member ``i`` trained with seed ``training.seed + i``),
+        empty without ``uncertainty.ensemble``.
+    """
+    ens = cfg.uncertainty.ensemble
+    members = ens.members if ens is not None else 1
+    models: dict[str, Path] = {}
+    ensembles: dict[str, list[Path]] = {}
+    for name, spec in cfg.networks.items():
+        paths = []
+        for m in range(members):
+            folder = name if m == 0 else member_name(name, m)
+            if models_dir is not None:
+                paths.append(find_model(folder, Path(models_dir)))
+                continue
+            training = spec.training.model_copy(update={"seed": spec.training.seed + m})
+            if test:  # smoke run: a couple of epochs exercise everything
+                training = training.model_copy(update={"epochs": min(2, training.epochs)})
+            member_spec = spec.model_copy(update={"training": training})
+            paths.append(
+                train_network(folder, member_spec, datasets, outdir / "models", progress=progress)
+            )
+        models[name] = paths[0]
+        if members > 1:
+            ensembles[name] = paths
+    return models, ensembles

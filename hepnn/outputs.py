@@ -69,7 +69,21 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_pickle(path: Path, hists: dict[str, hist.Hist]) -> None:
-    atomic_write(path, lambda fh: pickle.dump(hists, fh, protocol=pickle.HIGHEST_PROTOCOL))
+    """Write ``hists`` atomically; equal histograms always give the same bytes.
+
+    The pickler runs without its memo (``fast`` mode): a normal pickle records
+    which objects are *shared* (an axis label string reused by two histograms),
+    and that differs between histograms made in this process and ones that came
+    back from a worker or a checkpoint. Without the memo the bytes, and so the
+    sha256 in the manifest, depend only on the content.
+    """
+
+    def writer(fh: IO[bytes]) -> None:
+        pickler = pickle.Pickler(fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.fast = True  # no memo: content-only bytes (histograms are not recursive)
+        pickler.dump(hists)
+
+    atomic_write(path, writer)
 
 
 def load_hists(path: Path) -> dict[str, hist.Hist]:
@@ -112,9 +126,14 @@ def _split_categories(parts: list[str], h: hist.Hist) -> Iterator[tuple[str, his
         yield from _split_categories([*parts, _clean(str(value))], h[{ax.name: hist.loc(value)}])
 
 
-def write_root(path: Path, hists: dict[str, hist.Hist]) -> list[str]:
-    """Write the 1D/2D histograms to a ROOT file with uproot; return the names written."""
-    objs = root_objects(hists)
+def write_root(
+    path: Path, hists: dict[str, hist.Hist], extra: dict[str, hist.Hist] | None = None
+) -> list[str]:
+    """Write the 1D/2D histograms (and ``extra`` ones, by name) to a ROOT file with uproot.
+
+    Returns the names written.
+    """
+    objs = {**root_objects(hists), **(extra or {})}
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for name, h in objs.items():
             f[name] = h

@@ -31,6 +31,8 @@ from hepnn.outputs import (
     write_pickle,
     write_root,
 )
+from hepnn.networks import prepare_networks
+from hepnn.reporting import band_outputs, network_metrics
 from hepnn.samples import Dataset, load_samples, resolve_samples
 from hepnn.workflow import FoundWorkflow, WorkflowContext, find_workflow
 
@@ -140,12 +142,21 @@ def run_config(
     datasets, found = prepare(cfg, progress=progress)
     if console is not None:
         _print_start(console, cfg, found, datasets, outdir, test)
-    models = prepare_networks(cfg, datasets, outdir, models_dir, test=test, progress=progress)
+    models, ensembles = prepare_networks(
+        cfg, datasets, outdir, models_dir, test=test, progress=progress
+    )
+    mcd = cfg.uncertainty.mc_dropout
     context = WorkflowContext(
         options=dict(cfg.options),
         datasets={n: {**d.metadata, "format": d.format} for n, d in datasets.items()},
         models={name: str(path) for name, path in models.items()},
         seed=cfg.seed,
+        mc_dropout=(
+            {"samples": mcd.samples, "seed": cfg.seed if mcd.seed is None else mcd.seed}
+            if mcd is not None
+            else {}
+        ),
+        ensembles={n: [str(p) for p in ps] for n, ps in ensembles.items()},
     )
     workflow = found.cls(context)
     schema = getattr(found.cls, "schema", None)
@@ -160,7 +171,10 @@ def run_config(
         run_fingerprint(
             resolved_dict(cfg),
             found.source_sha256,
-            context.models,
+            {
+                **context.models,
+                **{f"{n}[{i}]": q for n, ps in context.ensembles.items() for i, q in enumerate(ps)},
+            },
             cfg.executor.block_size,
             context.datasets,
         ),
@@ -182,7 +196,9 @@ def run_config(
         path = outdir / "columns" / f"{dataset}.parquet"
         cols.write_parquet(path)
         files.append(path)
-    metrics = network_metrics(cfg, models, hists, columns)
+    metrics = network_metrics(models, hists, columns)
+    root_extra, band_files = band_outputs(hists, outdir / "plots", cfg.outputs)
+    files += band_files
     if metrics:
         write_json(outdir / "metrics.json", metrics)
         files.append(outdir / "metrics.json")
@@ -192,7 +208,7 @@ def run_config(
     write_pickle(outdir / "hists.pkl", hists)
     files.append(outdir / "hists.pkl")
     if cfg.outputs.hists_root:
-        write_root(outdir / "hists.root", hists)
+        write_root(outdir / "hists.root", hists, root_extra)
         files.append(outdir / "hists.root")
     if cfg.outputs.plots:
         from hepnn.plotting import plot_hists
@@ -243,91 +259,6 @@ def run_config(
     if console is not None:
         _print_end(console, summary)
     return summary
-
-
-def prepare_networks(
-    cfg: Config,
-    datasets: dict[str, Dataset],
-    outdir: Path,
-    models_dir: Path | None,
-    *,
-    test: bool = False,
-    progress: bool = True,
-) -> dict[str, Path]:
-    """Train the config's networks into ``outdir/models`` or take them from ``models_dir``."""
-    from hepnn.networks import find_model, train_network
-
-    models: dict[str, Path] = {}
-    for name, spec in cfg.networks.items():
-        if models_dir is not None:
-            models[name] = find_model(name, Path(models_dir))
-            continue
-        if test:  # smoke run: a couple of epochs are enough to exercise everything
-            spec = spec.model_copy(
-                update={
-                    "training": spec.training.model_copy(
-                        update={"epochs": min(2, spec.training.epochs)}
-                    )
-                }
-            )
-        models[name] = train_network(name, spec, datasets, outdir / "models", progress=progress)
-    return models
-
-
-def network_metrics(
-    cfg: Config, models: dict[str, Path], hists: dict[str, Any], columns: dict[str, Any]
-) -> dict[str, Any]:
-    """ROC/AMS curves into ``hists`` and AUC/AMS per network and dataset.
-
-    Metrics use only events the network did not train on: for a k-fold model every
-    event (each is scored by the fold model that did not see it), for a parity
-    split the odd event ids.
-    """
-    from hepnn.metrics import auc, best_ams, curve_hists
-    from hepnn.modelio import load_model
-
-    out: dict[str, Any] = {}
-    for name, path in models.items():
-        fine = hists.get(f"score_fine_{name}")
-        if fine is not None:
-            hists.update(curve_hists(name, fine))
-        loaded = load_model(path)
-        per_dataset = {}
-        for dataset, cols in columns.items():
-            data = cols.data
-            key = f"score_{name}"
-            if key not in data or "Label" not in data:
-                continue
-            keep = np.ones(len(cols), dtype=bool)
-            if loaded.method == "parity" and loaded.id_column in data:
-                keep = data[loaded.id_column] % 2 == 1
-            score, label = data[key][keep], data["Label"][keep]
-            weight = data["Weight"][keep] if "Weight" in data else None
-            entry = {
-                "events": int(keep.sum()),
-                "auc": auc(score, label),
-                "auc_weighted": auc(score, label, weight) if weight is not None else None,
-            }
-            if weight is not None:
-                import hist as _hist
-
-                h = _hist.Hist(
-                    _hist.axis.StrCategory(["signal", "background"], name="process"),
-                    _hist.axis.Regular(1000, 0.0, 1.0, name="score"),
-                    storage=_hist.storage.Weight(),
-                )
-                h.fill(
-                    process=np.where(label == 1, "signal", "background"), score=score, weight=weight
-                )
-                entry["ams_best"], entry["ams_threshold"] = best_ams(h)
-            per_dataset[dataset] = entry
-        out[name] = {
-            "model": str(path),
-            "split": loaded.method,
-            "evaluated_on": "events the model did not train on",
-            "datasets": per_dataset,
-        }
-    return out
 
 
 def _print_start(

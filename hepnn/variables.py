@@ -342,3 +342,52 @@ def network_score(
         batch_size=batch_size,
         output=output,
     )
+
+
+def _routed(
+    loaded: LoadedModel,
+    columns: EventColumns,
+    event_ids: Any,
+    apply: Callable[[nn.Module, np.ndarray], np.ndarray],
+    n_rows: int,
+) -> np.ndarray:
+    """Apply ``apply(model, prepared_inputs) -> (R, n)`` per fold, routing events by id."""
+    with _score_lock, torch_threads(INFERENCE_THREADS):
+        if not loaded.kfold:
+            return apply(loaded.models[0], loaded.preps[0].transform(columns))
+        ids = _event_ids(columns, event_ids, loaded.id_column)
+        fold = ids % loaded.folds
+        out = np.empty((n_rows, ids.shape[0]), dtype=np.float32)
+        for i, (model, prep) in enumerate(zip(loaded.models, loaded.preps, strict=True)):
+            rows = np.flatnonzero(fold == i)
+            if rows.size:
+                sub = {name: columns[name][rows] for name in prep.features}
+                out[:, rows] = apply(model, prep.transform(sub))
+        return out
+
+
+def replica_scores(
+    model_path: str | os.PathLike[str],
+    columns_or_events: Any,
+    *,
+    samples: int,
+    seed: int,
+    batch_size: int = MICRO_BATCH,
+    event_ids: Any = None,
+) -> np.ndarray:
+    """MC-dropout scores ``(samples, N)`` of every event (:class:`hepnn.uncertainty.MCDropout`).
+
+    Replica ``t`` is one thinned network, its masks drawn from ``(seed, t, layer)``,
+    applied to every event: the result is bitwise independent of chunking and
+    executor, like :func:`network_score`. A k-fold model routes each event to its
+    fold's network (same masks for every fold).
+    """
+    from hepnn.uncertainty import MCDropout
+
+    loaded = get_model(model_path)
+    columns = EventColumns(columns_or_events)
+
+    def apply(model: nn.Module, x: np.ndarray) -> np.ndarray:
+        return MCDropout(model, samples=samples, seed=seed).scores(x, "sigmoid", batch_size)
+
+    return _routed(loaded, columns, event_ids, apply, samples)

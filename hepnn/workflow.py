@@ -51,12 +51,18 @@ class WorkflowContext:
         Network name → model file path (``model.json``) to apply as columns.
     seed
         The config seed.
+    mc_dropout
+        ``{"samples": T, "seed": S}`` when MC-dropout bands are asked for, else empty.
+    ensembles
+        Network name → model paths of its ensemble members (member 0 = the network).
     """
 
     options: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     seed: int = 1234
+    mc_dropout: dict[str, int] = field(default_factory=dict)
+    ensembles: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Workflow(processor.ProcessorABC):
