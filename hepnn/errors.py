@@ -27,3 +27,13 @@ class ModelError(HepnnError):
 
 class AccountingError(HepnnError):
     """Processed plus skipped entries do not add up to the expected entries."""
+
+
+class ChunkError(InputError):
+    """A chunk failed after its retries and the config does not allow skipping it.
+
+    The command line exits with status 3 (``hepnn.pipeline.EXIT_SKIPPED``) for it,
+    so scripts can tell an incomplete run from a bad config (status 2).
+    """
+
+    exit_code = 3

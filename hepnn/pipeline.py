@@ -16,12 +16,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from hepnn.config import Config, config_hash, config_source, resolved_dict
 from hepnn.errors import AccountingError
 from hepnn.execution import RunResult, run_workflow
+from hepnn.networks import prepare_networks
 from hepnn.outputs import (
     MANIFEST,
     atomic_write,
@@ -31,7 +31,6 @@ from hepnn.outputs import (
     write_pickle,
     write_root,
 )
-from hepnn.networks import prepare_networks
 from hepnn.reporting import band_outputs, network_metrics
 from hepnn.samples import Dataset, load_samples, resolve_samples
 from hepnn.workflow import FoundWorkflow, WorkflowContext, find_workflow

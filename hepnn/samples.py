@@ -69,6 +69,9 @@ class Dataset:
     format: str
     files: list[FileEntry]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: files that could not be converted or opened, skipped (``skip_bad_files``):
+    #: ``{"file", "entries": None, "reason"}``; their entries are unknown
+    skipped_files: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def entries(self) -> int:
@@ -124,38 +127,68 @@ def _count_root(path: Path, treename: str, source: Path) -> int:
 
 
 def resolve_dataset(
-    name: str, spec: DatasetSpec, cache_dir: Path, *, progress: bool = False
+    name: str,
+    spec: DatasetSpec,
+    cache_dir: Path,
+    *,
+    progress: bool = False,
+    skip_bad_files: bool = False,
 ) -> Dataset:
-    """Convert non-ROOT inputs (cached) and count the entries of every file."""
+    """Convert non-ROOT inputs (cached) and count the entries of every file.
+
+    With ``skip_bad_files``, a file that cannot be converted or opened is left out
+    and recorded in :attr:`Dataset.skipped_files` with the error; otherwise its
+    :class:`~hepnn.errors.InputError` propagates.
+    """
     files = []
+    skipped: list[dict[str, Any]] = []
     for f in spec.files:
         src = Path(f)
-        if spec.format == "root":
-            root_path, tree = src, spec.treename
-        elif spec.format == "higgs-csv":
-            from hepnn.io.higgs_csv import convert_csv
-            from hepnn.progress import byte_progress
+        try:
+            files.append(_resolve_file(name, spec, src, cache_dir, progress))
+        except InputError as err:
+            if not skip_bad_files:
+                raise
+            skipped.append({"file": str(src), "entries": None, "reason": str(err)})
+    return Dataset(name, spec.format, files, dict(spec.metadata), skipped)
 
-            with byte_progress(f"converting {src.name}", progress) as callback:
-                conv = convert_csv(src, cache_dir, progress=callback)
-            root_path, tree = conv.root_path, conv.treename
-        elif spec.format == "part-npy":
-            from hepnn.io.part_npy import convert_part_npy
 
-            conv = convert_part_npy(src, cache_dir)
-            root_path, tree = conv.root_path, conv.treename
-        else:  # pragma: no cover - pydantic restricts the values
-            msg = f"dataset {name}: unknown format {spec.format!r}"
-            raise ConfigError(msg)
-        files.append(FileEntry(src, root_path, tree, _count_root(root_path, tree, src)))
-    return Dataset(name, spec.format, files, dict(spec.metadata))
+def _resolve_file(
+    name: str, spec: DatasetSpec, src: Path, cache_dir: Path, progress: bool
+) -> FileEntry:
+    """One file of :func:`resolve_dataset`: converted if needed, entries counted."""
+    if spec.format == "root":
+        root_path, tree = src, spec.treename
+    elif spec.format == "higgs-csv":
+        from hepnn.io.higgs_csv import convert_csv
+        from hepnn.progress import byte_progress
+
+        with byte_progress(f"converting {src.name}", progress) as callback:
+            conv = convert_csv(src, cache_dir, progress=callback)
+        root_path, tree = conv.root_path, conv.treename
+    elif spec.format == "part-npy":
+        from hepnn.io.part_npy import convert_part_npy
+
+        conv = convert_part_npy(src, cache_dir)
+        root_path, tree = conv.root_path, conv.treename
+    else:  # pragma: no cover - pydantic restricts the values
+        msg = f"dataset {name}: unknown format {spec.format!r}"
+        raise ConfigError(msg)
+    return FileEntry(src, root_path, tree, _count_root(root_path, tree, src))
 
 
 def resolve_samples(
-    specs: dict[str, DatasetSpec], cache_dir: Path, *, progress: bool = False
+    specs: dict[str, DatasetSpec],
+    cache_dir: Path,
+    *,
+    progress: bool = False,
+    skip_bad_files: bool = False,
 ) -> dict[str, Dataset]:
     """Resolve every dataset of a samples YAML (see :func:`resolve_dataset`)."""
-    return {n: resolve_dataset(n, s, cache_dir, progress=progress) for n, s in specs.items()}
+    return {
+        n: resolve_dataset(n, s, cache_dir, progress=progress, skip_bad_files=skip_bad_files)
+        for n, s in specs.items()
+    }
 
 
 def to_fileset(datasets: dict[str, Dataset]) -> dict[str, dict[str, Any]]:
