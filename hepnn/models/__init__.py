@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
-from hepnn.models import mlp
+from hepnn.models import cnn1d, cnn2d, mlp
+from hepnn.models.cnn1d import CNN1D
+from hepnn.models.cnn2d import CNN2D
 from hepnn.models.mlp import MLP
 from hepnn.models.registry import available, build, register
 
-__all__ = ["MLP", "available", "build", "mlp", "register"]
+__all__ = ["CNN1D", "CNN2D", "MLP", "available", "build", "cnn1d", "cnn2d", "mlp", "register"]
