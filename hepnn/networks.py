@@ -20,7 +20,7 @@ workflow the paths, which applies them as deterministic columns
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import uproot
@@ -30,7 +30,7 @@ from hepnn.errors import ConfigError, InputError, ModelError
 from hepnn.train import TrainSettings
 
 if TYPE_CHECKING:
-    from hepnn.config import Config
+    from hepnn.config import Config, TaylorConfig
     from hepnn.samples import Dataset
 
 
@@ -68,6 +68,19 @@ def read_columns(
     return {b: np.concatenate(v) for b, v in parts.items()}
 
 
+def network_columns(
+    spec: NetworkSpec, datasets: dict[str, Dataset], *, weights: bool = False
+) -> dict[str, np.ndarray]:
+    """The columns a network trains and is ranked on: features, event id, label (, weight)."""
+    s = spec.training
+    extra = [spec.weight] if (weights or s.use_weights) else []
+    branches = list(dict.fromkeys([*s.features, s.split.id_column, spec.label, *extra]))
+    cols = read_columns(datasets, spec.datasets or list(datasets), branches)
+    if spec.max_events is not None:
+        cols = {k: v[: spec.max_events] for k, v in cols.items()}
+    return cols
+
+
 def train_network(
     name: str,
     spec: NetworkSpec,
@@ -75,17 +88,26 @@ def train_network(
     outdir: Path,
     *,
     progress: bool = True,
-    epoch_callback: Any = None,
+    taylor: TaylorConfig | None = None,
+    run_dir: Path | None = None,
+    seed: int = 0,
 ) -> Path:
-    """Train network ``name`` on the config's datasets and save it to ``outdir/name``."""
+    """Train network ``name`` on the config's datasets and save it to ``outdir/name``.
+
+    With ``taylor.monitor_every > 0`` and a ``run_dir``, the Taylor ranking on
+    validation events is recorded during training and written to
+    ``run_dir/ranking/<name>_history.{csv,png,pdf}``.
+    """
     s = spec.training
     id_col = s.split.id_column
-    branches = list(
-        dict.fromkeys([*s.features, id_col, spec.label, *([spec.weight] if s.use_weights else [])])
-    )
-    cols = read_columns(datasets, spec.datasets or list(datasets), branches)
-    if spec.max_events is not None:
-        cols = {k: v[: spec.max_events] for k, v in cols.items()}
+    cols = network_columns(spec, datasets)
+    epoch_callback = monitor = None
+    if taylor is not None and taylor.monitor_every > 0 and run_dir is not None:
+        from hepnn.explain import epoch_monitor
+
+        epoch_callback, monitor = epoch_monitor(
+            run_dir, name, taylor, cols, id_col, s.split.folds, seed=seed
+        )
     labels = cols[spec.label]
     if not np.isin(labels, (0, 1)).all():
         msg = f"networks.{name}: label branch {spec.label!r} must hold 0/1"
@@ -106,6 +128,10 @@ def train_network(
     if result.path is None:  # pragma: no cover - train saves when given an outdir
         msg = f"networks.{name}: training did not save a model"
         raise ModelError(msg)
+    if monitor is not None and monitor.history and run_dir is not None:
+        from hepnn.ranking import write_history
+
+        write_history(monitor.history, run_dir, name)
     return result.path
 
 
@@ -157,9 +183,44 @@ def prepare_networks(
                 training = training.model_copy(update={"epochs": min(2, training.epochs)})
             member_spec = spec.model_copy(update={"training": training})
             paths.append(
-                train_network(folder, member_spec, datasets, outdir / "models", progress=progress)
+                train_network(
+                    folder,
+                    member_spec,
+                    datasets,
+                    outdir / "models",
+                    progress=progress,
+                    taylor=cfg.taylor if m == 0 else None,
+                    run_dir=outdir,
+                    seed=cfg.seed,
+                )
             )
         models[name] = paths[0]
         if members > 1:
             ensembles[name] = paths
     return models, ensembles
+
+
+def rank_networks(
+    cfg: Config,
+    models: dict[str, Path],
+    datasets: dict[str, Dataset],
+    outdir: Path,
+    *,
+    progress: bool = True,
+) -> list[Path]:
+    """Write the Taylor ranking of every network to ``outdir/ranking/`` (``cfg.taylor``)."""
+    from hepnn.explain import rank_network, write_outputs
+
+    if cfg.taylor is None:
+        return []
+    files: list[Path] = []
+    formats = tuple(cfg.outputs.plot_formats) if cfg.outputs.plots else ()
+    for name, path in models.items():
+        spec = cfg.networks[name]
+        cols = network_columns(spec, datasets, weights=cfg.taylor.use_weights)
+        weights = cols.get(spec.weight) if cfg.taylor.use_weights else None
+        result = rank_network(
+            path, cols, cfg.taylor, seed=cfg.seed, weights=weights, progress=progress
+        )
+        files += write_outputs(outdir, name, result, cfg.taylor, formats)
+    return files

@@ -1,0 +1,420 @@
+"""Writers for Taylor rankings: tables, plots, per-epoch history, a training monitor.
+
+>>> from hepnn.ranking import write_ranking
+>>> paths = write_ranking(result, "outputs/higgs", "mlp")  # outputs/higgs/ranking/mlp.{csv,json,md,png,pdf}
+
+Every file is written atomically (temporary file in the same folder, then
+``os.replace``), so a reader never sees a half-written ranking and an
+interrupted run leaves the previous files intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hepnn.taylor import TaylorResult, mean_abs_taylor, output_description
+
+__all__ = ["TaylorMonitor", "write_history", "write_ranking"]
+
+COLUMNS = ("rank", "term", "order", "value")
+HISTORY_COLUMNS = ("epoch", "term", "order", "value")
+#: Bar colours by order (matplotlib default cycle: blue, orange, green).
+ORDER_COLOURS = {1: "C0", 2: "C1", 3: "C2"}
+
+
+# ------------------------------------------------------------------- atomic io
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _atomic_figure(fig: Any, path: Path) -> None:
+    fmt = path.suffix.lstrip(".")
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, bbox_inches="tight"))
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+# --------------------------------------------------------------------- ranking
+
+
+def _convention_lines(result: TaylorResult) -> list[str]:
+    meta = result.metadata()
+    weights = (
+        f"weighted by event weights (sum {result.sum_weights:.6g})"
+        if result.weighted
+        else "unweighted"
+    )
+    return [
+        f"Taylor-coefficient ranking (Wunsch et al., arXiv:1803.08782) of {meta['output']}.",
+        "Derivatives are taken in the network's prepared, standardised inputs.",
+        f"Value: <t_a> = sum_k w_k |t_a(x_k)| / sum_k w_k over {result.n_events} events, {weights}.",
+        "Taylor factors: t_ii = (1/2) d2y/dx_i2, a mixed pair t_ij (i<j) is counted once; "
+        "third order 1/6 (iii), 1/2 (iij), 1 (ijk). All orders are ranked together.",
+    ]
+
+
+def _markdown(result: TaylorResult, model_name: str, records: list[dict[str, Any]]) -> str:
+    lines = [f"### Taylor ranking: {model_name}", ""]
+    lines += [*_convention_lines(result), ""]
+    lines += ["| rank | term | order | <\\|t\\|> |", "|---:|:---|---:|---:|"]
+    for rec in records:
+        term = str(rec["term"]).replace("|", "\\|").replace("*", "\\*")
+        lines.append(f"| {rec['rank']} | {term} | {rec['order']} | {rec['value']:.4g} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_ranking(
+    result: TaylorResult, model_name: str, n_bars: int, log_x: bool, paths: dict[str, Path]
+) -> None:
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+    import mplhep
+    from matplotlib.patches import Patch
+
+    records = result.ranked(n_bars)
+    with plt.style.context(mplhep.style.CMS):
+        fig, ax = plt.subplots(figsize=(10, max(3.0, 0.45 * len(records) + 1.5)))
+        ypos = np.arange(len(records))[::-1]
+        values = [r.value for r in records]
+        colours = [ORDER_COLOURS.get(r.order, "C3") for r in records]
+        ax.barh(ypos, values, color=colours, height=0.7)
+        ax.set_yticks(ypos, [r.term for r in records], fontsize=14)
+        ax.set_xlabel(r"$\langle |t_\alpha| \rangle$")
+        if log_x:
+            positive = [v for v in values if v > 0]
+            ax.set_xscale("log")
+            if positive:
+                ax.set_xlim(min(positive) / 2, max(positive) * 2)
+        orders = sorted({r.order for r in records})
+        ax.legend(
+            handles=[Patch(color=ORDER_COLOURS.get(o, "C3"), label=f"order {o}") for o in orders],
+            loc="lower right",
+            fontsize=14,
+        )
+        out = "sigmoid" if result.output == "sigmoid" else "logit"
+        ax.set_title(
+            f"{model_name}: Taylor ranking of the {out}, {result.n_events} events", fontsize=16
+        )
+        _save(fig, paths)
+
+
+def _save(fig: Any, paths: dict[str, Path]) -> None:
+    """Lay out and write ``fig`` to every path (inside the style context), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        for path in paths.values():
+            _atomic_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write_ranking(
+    result: TaylorResult,
+    outdir: str | os.PathLike[str],
+    model_name: str,
+    top: int | None = None,
+    *,
+    plot_top: int = 20,
+    log_x: bool = False,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> dict[str, Path]:
+    """Write a ranking to ``OUTDIR/ranking/<model_name>.{csv,json,md,png,pdf}``.
+
+    Parameters
+    ----------
+    result
+        Output of :func:`hepnn.taylor.mean_abs_taylor`.
+    outdir
+        Run output folder; files go to its ``ranking/`` subfolder.
+    model_name
+        File stem (e.g. the model's name in the config).
+    top
+        Keep only the ``top`` highest terms in the tables (default: all).
+    plot_top
+        Bars in the plot (highest first; at most ``top``).
+    log_x
+        Logarithmic value axis in the plot.
+    formats
+        Plot formats.
+
+    Returns
+    -------
+    dict of str to Path
+        ``{"csv", "json", "md", <format>...}`` to the written files.
+
+    Notes
+    -----
+    CSV and Markdown columns: ``rank, term, order, value`` (rank from 1, term
+    the feature names joined by ``*``). The JSON holds ``{"metadata": {...},
+    "columns": [...], "ranking": [{rank, term, order, value}, ...]}`` where the
+    metadata states the convention: differentiated output, standardised
+    inputs, weights, number of events, Taylor factors.
+    """
+    folder = Path(outdir) / "ranking"
+    records = result.to_records(top)
+    paths: dict[str, Path] = {}
+
+    paths["csv"] = folder / f"{model_name}.csv"
+    rows = [[r["rank"], r["term"], r["order"], _fmt(r["value"])] for r in records]
+    _atomic_text(paths["csv"], _csv_text(COLUMNS, rows))
+
+    paths["json"] = folder / f"{model_name}.json"
+    meta = {
+        "model": model_name,
+        **result.metadata(),
+        "convention": " ".join(_convention_lines(result)),
+    }
+    doc = {"metadata": meta, "columns": list(COLUMNS), "ranking": records}
+    _atomic_text(paths["json"], json.dumps(doc, indent=2) + "\n")
+
+    paths["md"] = folder / f"{model_name}.md"
+    _atomic_text(paths["md"], _markdown(result, model_name, records))
+
+    if formats:
+        plots = {fmt: folder / f"{model_name}.{fmt}" for fmt in formats}
+        n_bars = plot_top if top is None else min(plot_top, top)
+        _plot_ranking(result, model_name, n_bars, log_x, plots)
+        paths.update(plots)
+    return paths
+
+
+# --------------------------------------------------------------------- history
+
+
+def _history_rows(records: Sequence[tuple[int, TaylorResult]]) -> list[tuple[int, str, int, float]]:
+    rows = []
+    for epoch, result in sorted(records, key=lambda er: er[0]):
+        rows.extend(
+            (int(epoch), name, order, float(value))
+            for name, order, value in zip(result.names, result.orders, result.values, strict=True)
+        )
+    return rows
+
+
+def write_history(
+    records: Sequence[tuple[int, TaylorResult]],
+    outdir: str | os.PathLike[str],
+    model_name: str,
+    *,
+    top: int = 10,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> dict[str, Path]:
+    """Write the per-epoch evolution of ``<|t_a|>`` to ``OUTDIR/ranking/<model>_history.*``.
+
+    Parameters
+    ----------
+    records
+        ``(epoch, TaylorResult)`` pairs, e.g. :attr:`TaylorMonitor.history`.
+    outdir
+        Run output folder.
+    model_name
+        File stem.
+    top
+        Terms drawn: the ``top`` highest at the last epoch.
+    formats
+        Plot formats.
+
+    Returns
+    -------
+    dict of str to Path
+        ``{"csv", <format>...}``. The CSV has columns ``epoch, term, order, value``
+        (one row per epoch and term); the plot one line per term against the
+        epoch on a log axis (symlog if an epoch is <= 0).
+    """
+    folder = Path(outdir) / "ranking"
+    if not records:
+        msg = "no history records to write"
+        raise ValueError(msg)
+    rows = _history_rows(records)
+    paths = {"csv": folder / f"{model_name}_history.csv"}
+    _atomic_text(
+        paths["csv"], _csv_text(HISTORY_COLUMNS, [[e, t, o, _fmt(v)] for e, t, o, v in rows])
+    )
+    if not formats:
+        return paths
+
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+    import mplhep
+
+    ordered = sorted(records, key=lambda er: er[0])
+    epochs = np.array([e for e, _ in ordered], dtype=float)
+    last = ordered[-1][1]
+    with plt.style.context(mplhep.style.CMS):
+        fig, ax = plt.subplots(figsize=(10, 7))
+        styles = {1: "-", 2: "--", 3: ":"}
+        for rec in last.ranked(top):
+            series = [r.value(rec.term) if rec.term in r.names else np.nan for _, r in ordered]
+            ax.plot(epochs, series, styles.get(rec.order, "-"), marker="o", ms=3, label=rec.term)
+        if epochs.min() > 0:
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(r"$\langle |t_\alpha| \rangle$")
+        ax.legend(fontsize=12, ncol=2, title="order 1 solid, 2 dashed, 3 dotted", title_fontsize=11)
+        ax.set_title(f"{model_name}: {output_description(last.output)}", fontsize=16)
+        plots = {fmt: folder / f"{model_name}_history.{fmt}" for fmt in formats}
+        _save(fig, plots)
+    paths.update(plots)
+    return paths
+
+
+class TaylorMonitor:
+    """Training callback recording the Taylor ranking on a fixed validation subsample.
+
+    >>> monitor = TaylorMonitor("outputs/run", "mlp", every=1, input_names=names)
+    >>> for epoch in range(1, n_epochs + 1):
+    ...     train_one_epoch(model)
+    ...     monitor(epoch, model, x_val)
+
+    Parameters
+    ----------
+    outdir
+        Run folder; the history is (re)written to ``OUTDIR/ranking/`` after
+        every recorded epoch. ``None`` keeps it in memory only.
+    model_name
+        File stem.
+    every
+        Record every ``every``-th epoch (epochs divisible by ``every``; the
+        first call is always recorded).
+    n_events
+        Size of the fixed validation subsample (drawn once, with ``seed``, on
+        the first call; all events if there are fewer).
+    seed
+        Seed of the subsample choice.
+    orders, output, method, chunk_size, input_names
+        Passed to :func:`hepnn.taylor.mean_abs_taylor`.
+    top
+        Terms drawn in the history plot.
+    formats
+        Plot formats (empty: CSV only, faster during training).
+    """
+
+    def __init__(
+        self,
+        outdir: str | os.PathLike[str] | None,
+        model_name: str = "model",
+        *,
+        every: int = 1,
+        n_events: int = 5000,
+        seed: int = 0,
+        orders: Sequence[int] = (1, 2),
+        output: str = "sigmoid",
+        method: str = "auto",
+        chunk_size: int = 2000,
+        input_names: Sequence[str] | None = None,
+        top: int = 10,
+        formats: Sequence[str] = ("png",),
+    ) -> None:
+        if every < 1:
+            msg = f"every must be >= 1, got {every}"
+            raise ValueError(msg)
+        self.outdir = None if outdir is None else Path(outdir)
+        self.model_name = model_name
+        self.every = every
+        self.n_events = n_events
+        self.seed = seed
+        self.orders = tuple(orders)
+        self.output = output
+        self.method = method
+        self.chunk_size = chunk_size
+        self.input_names = None if input_names is None else list(input_names)
+        self.top = top
+        self.formats = tuple(formats)
+        self.history: list[tuple[int, TaylorResult]] = []
+        self._index: np.ndarray | None = None
+        self._n_total: int | None = None
+
+    def _subsample(self, x_val: Any) -> Any:
+        n = int(x_val.shape[0])
+        if self._index is None:
+            rng = np.random.default_rng(self.seed)
+            k = min(self.n_events, n)
+            self._index = np.sort(rng.choice(n, size=k, replace=False))
+            self._n_total = n
+        elif n != self._n_total:
+            msg = f"validation set changed size ({self._n_total} -> {n}); the subsample must stay fixed"
+            raise ValueError(msg)
+        return x_val[self._index]
+
+    def __call__(
+        self, epoch: int, model: Any, x_val: Any, weights: Any = None
+    ) -> TaylorResult | None:
+        """Record the ranking at ``epoch`` if due; returns it, else ``None``.
+
+        The model is evaluated in eval mode and left in the mode it came in.
+        """
+        if self.history and epoch % self.every != 0:
+            return None
+        xs = self._subsample(x_val)
+        ws = None if weights is None else np.asarray(weights)[self._index]
+        was_training = model.training
+        model.eval()  # the monitor is called mid-training: no BatchNorm train-mode warning
+        try:
+            result = mean_abs_taylor(
+                model,
+                xs,
+                weights=ws,
+                orders=self.orders,
+                output=self.output,
+                method=self.method,
+                chunk_size=self.chunk_size,
+                input_names=self.input_names,
+            )
+        finally:
+            model.train(was_training)
+        self.history.append((int(epoch), result))
+        if self.outdir is not None:
+            self.write()
+        return result
+
+    def write(self) -> dict[str, Path]:
+        """Write the history recorded so far (CSV and plot)."""
+        if self.outdir is None:
+            msg = "TaylorMonitor was created without an output folder"
+            raise ValueError(msg)
+        return write_history(
+            self.history, self.outdir, self.model_name, top=self.top, formats=self.formats
+        )
