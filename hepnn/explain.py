@@ -10,8 +10,10 @@ training loop's ``epoch_callback``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,22 @@ import numpy as np
 
 from hepnn.config import TaylorConfig
 from hepnn.modelio import load_model
-from hepnn.taylor import TaylorResult, mean_abs_taylor
+from hepnn.taylor import TaylorResult, TaylorWarning, mean_abs_taylor
+
+
+@contextlib.contextmanager
+def _prepared_inputs() -> Iterator[None]:
+    """Silence the 'unstandardised inputs' heuristic for FeaturePrep outputs.
+
+    They are standardised on the training events by construction; heavy-tailed
+    features (e.g. DER_pt_tot) still have a large std on a subsample, which the
+    heuristic (meant to catch raw physics values) would flag.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="inputs look unstandardised", category=TaylorWarning
+        )
+        yield
 
 
 def _holdout(ids: np.ndarray, method: str, folds: int) -> np.ndarray:
@@ -52,8 +69,8 @@ def rank_network(
             continue
         x = prep.transform({f: np.asarray(columns[f])[rows] for f in prep.features})
         w = None if weights is None or not settings.use_weights else weights[rows]
-        results.append(
-            mean_abs_taylor(
+        with _prepared_inputs():
+            result = mean_abs_taylor(
                 model,
                 x,
                 weights=w,
@@ -62,7 +79,7 @@ def rank_network(
                 input_names=prep.input_names,
                 progress=progress,
             )
-        )
+        results.append(result)
     return combine(results)
 
 
@@ -126,7 +143,8 @@ def epoch_monitor(
         if monitor.input_names is None:
             monitor.input_names = list(prep.input_names)
         x = prep.transform({f: np.asarray(columns[f])[val] for f in prep.features})
-        monitor(epoch, model, x)
+        with _prepared_inputs():
+            monitor(epoch, model, x)
 
     return callback, monitor
 
