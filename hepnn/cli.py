@@ -66,6 +66,7 @@ def _load(config: str, sets: tuple[str, ...], **cli: Any) -> Any:
     mapping = {
         "executor": "executor.name",
         "workers": "executor.workers",
+        "threads": "executor.threads_per_worker",
         "chunksize": "executor.chunksize",
         "scheduler": "executor.scheduler",
         "samples": "samples",
@@ -92,6 +93,7 @@ def _load(config: str, sets: tuple[str, ...], **cli: Any) -> Any:
     "--executor", type=click.Choice(["iterative", "futures", "dask"]), help="coffea executor."
 )
 @click.option("--workers", type=int, help="Worker processes (futures, dask).")
+@click.option("--threads", type=int, help="Threads per dask worker of a LocalCluster.")
 @click.option("--chunksize", type=int, help="Entries per chunk.")
 @click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:port).")
 @click.option(
@@ -146,6 +148,56 @@ def run(
     )
     if summary.skipped and not cfg.executor.skip_bad_files:  # pragma: no cover - guarded upstream
         sys.exit(EXIT_SKIPPED)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--outdir", type=click.Path(file_okay=False), help="Run folder [outputs/<config name>]."
+)
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Networks to rank [OUTDIR/models].",
+)
+@click.option("--samples", type=click.Path(dir_okay=False), help="Rank on another samples YAML.")
+@click.option("--order", type=click.IntRange(1, 3), help="Highest Taylor order (1, 2 or 3).")
+@click.option("--top", type=int, help="Rows in the ranking tables.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@_handle_errors
+def rank(
+    config: str,
+    outdir: str | None,
+    models_dir: str | None,
+    samples: str | None,
+    order: int | None,
+    top: int | None,
+    sets: tuple[str, ...],
+) -> None:
+    """Rank the inputs of CONFIG's trained networks by their Taylor coefficients."""
+    from hepnn.config import TaylorConfig
+    from hepnn.networks import find_model, rank_networks
+    from hepnn.pipeline import cache_dir, default_outdir
+    from hepnn.samples import load_samples, resolve_samples
+
+    cfg = _load(config, sets, samples=samples)
+    taylor = cfg.taylor or TaylorConfig()
+    update: dict[str, Any] = {}
+    if order is not None:
+        update["orders"] = list(range(1, order + 1))
+    if top is not None:
+        update["top"] = top
+    cfg.taylor = taylor.model_copy(update=update)
+    out = Path(outdir) if outdir else default_outdir(cfg)
+    mdir = Path(models_dir) if models_dir else out / "models"
+    models = {name: find_model(name, mdir) for name in cfg.networks}
+    datasets = resolve_samples(load_samples(cfg.samples), cache_dir())
+    files = rank_networks(cfg, models, datasets, out, progress=True)
+    for f in files:
+        if f.suffix == ".md":
+            click.echo(f.read_text(encoding="utf-8"))
+    console.print(f"wrote {len(files)} files to {out / 'ranking'}")
 
 
 @main.command()

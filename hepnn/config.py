@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from hepnn.errors import ConfigError
+from hepnn.jets.taggers import TaggerMap
 from hepnn.networks import NetworkSpec
 
 
@@ -75,6 +76,19 @@ class UncertaintyConfig(_Strict):
     ensemble: EnsembleConfig | None = None
 
 
+class TaylorConfig(_Strict):
+    """Taylor ranking of each network's inputs (hepnn.taylor, arXiv:1803.08782)."""
+
+    orders: list[int] = Field([1, 2], description="orders ranked together (1, 2, 3)")
+    events: int = Field(20_000, ge=1, description="events ranked (seeded subsample)")
+    output: Literal["sigmoid", "logit"] = "sigmoid"
+    use_weights: bool = False
+    top: int | None = Field(None, ge=1, description="rows in the tables (default all)")
+    plot_top: int = Field(20, ge=1)
+    monitor_every: int = Field(1, ge=0, description="epochs between history points; 0 = off")
+    monitor_events: int = Field(2000, ge=1)
+
+
 class Config(_Strict):
     """The validated content of one ``configs/*.yaml``."""
 
@@ -90,7 +104,10 @@ class Config(_Strict):
     networks: dict[str, NetworkSpec] = Field(
         default_factory=dict, description="networks to train and apply (hepnn.networks)"
     )
-    taylor: dict[str, Any] = Field(default_factory=dict)
+    taggers: TaggerMap = Field(
+        default_factory=dict, description="jet taggers to train and apply (hepnn.jets.taggers)"
+    )
+    taylor: TaylorConfig | None = None
     uncertainty: UncertaintyConfig = UncertaintyConfig()
     _source: Path | None = PrivateAttr(default=None)
 

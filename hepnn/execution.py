@@ -20,12 +20,17 @@ What coffea's ``Runner`` does not do for us (see DESIGN.md), and how it is done 
   file with uproot and builds the events with coffea's ``NanoEventsFactory``
   (virtual mode, like the ``Runner``), calls the workflow, and returns either the
   chunk's tree nodes or the failure as text (``file: entries [a, b): Type:
-  message (branch ...)``). The main loop resubmits a failed chunk up to
-  ``retries`` times (possibly on another worker), then either records it as
-  skipped (``skip_bad_files``) or stops the run with :class:`ChunkError`.
-  A dask worker that dies is handled by the scheduler (its tasks are rerun
-  elsewhere); if the scheduler gives up (``KilledWorker``) that counts as a
-  failed attempt too.
+  message (branch ...)``). The main loop resubmits a chunk that failed reading
+  (or whose worker died) up to ``retries`` times, possibly on another worker; an
+  exception of the workflow's own code is not retried, it would fail again. Then
+  the chunk is either recorded as skipped (``skip_bad_files``) or the run stops
+  with :class:`~hepnn.errors.ChunkError` (exit status 3) — the chunks finished
+  so far are checkpointed. A dask worker that dies is handled by the scheduler
+  (its tasks are rerun elsewhere); if the scheduler gives up (``KilledWorker``)
+  that counts as a failed attempt too. coffea's executors retry *every*
+  exception in place (iterative/futures: same process, at once; dask: the
+  task's ``retries``) and, with ``skipbadfiles``, swallow ``OSError`` after the
+  last one with a warning raised on the worker.
 * **Accounting.** Every chunk we expect is either processed (its entry count is
   checked) or recorded as skipped with its reason; a run whose counts do not add
   up raises :class:`~hepnn.errors.AccountingError`.
@@ -107,7 +112,12 @@ def make_chunks(
     chunks: list[Chunk] = []
     for name, ds in datasets.items():
         n_ds = 0
+        seen: set[str] = set()
         for f in ds.files:
+            if str(f.root_path) in seen:
+                msg = f"dataset {name}: file listed twice: {f.source}"
+                raise InputError(msg)
+            seen.add(str(f.root_path))
             for start in range(0, f.entries, size):
                 if maxchunks is not None and n_ds >= maxchunks:
                     break
@@ -255,7 +265,8 @@ _PAYLOADS: dict[str, tuple[Any, type, dict[str, dict[str, Any]]]] = {}
 def _unpack(payload: _Payload) -> tuple[Any, type, dict[str, dict[str, Any]]]:
     """The payload's objects, unpickled once per process (cached by digest)."""
     if payload.digest not in _PAYLOADS:
-        _PAYLOADS.clear()
+        while len(_PAYLOADS) >= 4:  # a worker shared by a few runs keeps each one's
+            del _PAYLOADS[next(iter(_PAYLOADS))]
         _PAYLOADS[payload.digest] = cloudpickle.loads(payload.blob)
     return _PAYLOADS[payload.digest]
 
@@ -264,7 +275,10 @@ def run_chunk(payload: _Payload, chunk: Chunk) -> dict[str, Any]:
     """Process one chunk (in a worker): its tree nodes, or its failure as one line.
 
     Never raises for a failure of the input or the workflow (only for
-    ``KeyboardInterrupt``/``SystemExit``): the returned dict has ``"error"`` instead.
+    ``KeyboardInterrupt``/``SystemExit``): the returned dict has ``"error"`` instead,
+    and ``"retry"``: whether another attempt could succeed (reading errors — a
+    network file system, an xrootd hiccup — yes; an exception of the workflow's
+    own code, such as a missing field, no).
     """
     t0 = time.perf_counter()
     accessed: list[Any] = []
@@ -272,8 +286,13 @@ def run_chunk(payload: _Payload, chunk: Chunk) -> dict[str, Any]:
         wrapped, schema, meta = _unpack(payload)
         out = _events_and_process(wrapped, schema, meta, chunk, accessed)
     except Exception as err:
-        branch = _last_branch(accessed) if _is_read_error(err) else None
-        return {"error": _describe_failure(err, chunk, branch), "pid": os.getpid()}
+        read_error = _is_read_error(err)
+        branch = _last_branch(accessed) if read_error else None
+        return {
+            "error": _describe_failure(err, chunk, branch),
+            "retry": read_error,  # an error of the workflow itself would fail again
+            "pid": os.getpid(),
+        }
     out["seconds"] = time.perf_counter() - t0
     out["pid"] = os.getpid()
     return out
@@ -399,7 +418,11 @@ class _Iterative:
 
 
 class _Futures:
-    """A loky process pool (coffea's futures pool); a broken pool is replaced."""
+    """A loky process pool (coffea's futures pool); a broken pool is replaced.
+
+    At most two chunks per worker are in the pool at a time, so a dying worker
+    (which fails every future of a loky pool) costs few retries.
+    """
 
     name = "futures"
 
@@ -407,6 +430,7 @@ class _Futures:
         self.workers = workers
         self._pool: Any = None
         self._futures: dict[concurrent.futures.Future[Any], tuple[Chunk, int]] = {}
+        self._backlog: list[tuple[Chunk, int]] = []
         self._payload: _Payload | None = None
 
     def _new_pool(self) -> Any:
@@ -419,18 +443,24 @@ class _Futures:
         self._pool = self._new_pool()
 
     def submit(self, chunk: Chunk, attempt: int) -> None:
-        try:
-            fut = self._pool.submit(run_chunk, self._payload, chunk)
-        except RuntimeError:  # BrokenProcessPool / ShutdownExecutorError: a worker died
-            self._pool.shutdown(wait=False, kill_workers=True)
-            self._pool = self._new_pool()
-            fut = self._pool.submit(run_chunk, self._payload, chunk)
-        self._futures[fut] = (chunk, attempt)
+        self._backlog.append((chunk, attempt))
+
+    def _top_up(self) -> None:
+        while self._backlog and len(self._futures) < 2 * self.workers:
+            chunk, attempt = self._backlog.pop(0)
+            try:
+                fut = self._pool.submit(run_chunk, self._payload, chunk)
+            except RuntimeError:  # BrokenProcessPool / ShutdownExecutorError: a worker died
+                self._pool.shutdown(wait=False, kill_workers=True)
+                self._pool = self._new_pool()
+                fut = self._pool.submit(run_chunk, self._payload, chunk)
+            self._futures[fut] = (chunk, attempt)
 
     def pending(self) -> int:
-        return len(self._futures)
+        return len(self._futures) + len(self._backlog)
 
     def next_done(self) -> tuple[Chunk, int, dict[str, Any]]:
+        self._top_up()
         done, _ = concurrent.futures.wait(
             list(self._futures), return_when=concurrent.futures.FIRST_COMPLETED
         )
@@ -445,6 +475,7 @@ class _Futures:
         for fut in self._futures:
             fut.cancel()
         self._futures.clear()
+        self._backlog.clear()
 
     def close(self, *, failed: bool) -> None:
         if self._pool is not None:
@@ -542,7 +573,7 @@ def make_executor(cfg: ExecutorConfig) -> Iterator[Any]:
             raise InputError(msg) from None
         if cfg.scheduler:
             try:
-                client = Client(cfg.scheduler, timeout="15s")
+                client = Client(cfg.scheduler)  # distributed.comm.timeouts.connect applies
             except OSError as err:
                 msg = (
                     f"executor.scheduler {cfg.scheduler}: cannot connect ({_describe_failure(err)})"
@@ -698,23 +729,28 @@ def run_workflow(
             while ex.pending():
                 c, attempt, out = ex.next_done()
                 if "error" in out:
-                    if attempt < executor.retries:
+                    if attempt < executor.retries and out.get("retry", True):
                         retry_log.append(f"attempt {attempt + 1}: {out['error']}")
                         ex.submit(c, attempt + 1)
                         continue
                     if not executor.skip_bad_files:
                         ex.cancel_all()
+                        n_done = (
+                            0 if checkpoints is None else checkpoints.saved + checkpoints.reused
+                        )
                         done_note = (
-                            f"; {checkpoints.saved + checkpoints.reused} finished chunks are "
-                            "checkpointed (rerun with --resume after fixing it)"
-                            if checkpoints is not None
+                            f"; {n_done} finished chunks are checkpointed "
+                            "(rerun with --resume after fixing it)"
+                            if n_done
                             else ""
                         )
-                        msg = (
-                            f"{out['error']} [failed {attempt + 1} time(s); set "
-                            f"executor.skip_bad_files: true to skip it{done_note}]"
+                        how = (
+                            f"failed {attempt + 1} time(s); set executor.skip_bad_files: true "
+                            "to skip such chunks"
+                            if out.get("retry", True)
+                            else "raised by the workflow, not retried"
                         )
-                        raise ChunkError(msg)
+                        raise ChunkError(f"{out['error']} [{how}{done_note}]")
                     skipped.setdefault(c.dataset, []).append(
                         {
                             "file": c.source or c.filename,
@@ -727,9 +763,9 @@ def run_workflow(
                     )
                     advance(info=f"{sum(map(len, skipped.values()))} skipped")
                     continue
+                accept(c, out)
                 if checkpoints is not None:
                     checkpoints.save(keys[c], out)
-                accept(c, out)
                 advance()
 
     for name in datasets:

@@ -21,6 +21,10 @@ with ``torch.load(..., weights_only=True)``; other tools can load it directly.
     seed, data_hash, settings (the full TrainSettings), metrics
     split: {method: "parity"|"kfold"|"single", folds, id_column}
     models: [{fold, file, sha256, applies_to, input_names, prep}]
+    kind (optional): absent/"network" for these flat-feature networks;
+        "jet-tagger" for :mod:`hepnn.jets.taggers` (same family, its ``prep``
+        is an image or constituent-sequence preprocessing; ``load_model``
+        refuses it with a pointer to ``hepnn.jets.taggers``)
 
 Every file is written to a temporary name in the same directory and moved into
 place with :func:`os.replace`; the sha256 of every ``.pt`` is verified on load.
@@ -317,30 +321,46 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     return load_from_json(json_path, raw)
 
 
+def read_weights(pt: Path, sha256: str) -> dict[str, torch.Tensor]:
+    """A state dict from ``pt``, its sha256 checked, loaded with ``weights_only=True``.
+
+    Raises
+    ------
+    ModelError
+        Missing or unreadable file, ``model.pt sha256 mismatch: <path>``, or bytes
+        that are not a weights-only torch file.
+    """
+    try:
+        data = pt.read_bytes()
+    except FileNotFoundError:
+        msg = f"model file not found: {pt}"
+        raise ModelError(msg) from None
+    except OSError as exc:
+        msg = f"cannot read {pt}: {exc.strerror}"
+        raise ModelError(msg) from None
+    # Hash the exact bytes we deserialise (no re-read between check and load).
+    if hashlib.sha256(data).hexdigest() != sha256:
+        msg = f"model.pt sha256 mismatch: {pt}"
+        raise ModelError(msg)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of many kinds
+        msg = f"cannot load weights from {pt}: {type(exc).__name__}"
+        raise ModelError(msg) from None
+
+
 def load_from_json(json_path: Path, raw: bytes) -> LoadedModel:
     """Load a model from the bytes of its ``model.json`` (already read by the caller)."""
     meta = parse_model_json(json_path, raw)
+    if meta.get("kind", "network") != "network":
+        # e.g. a jet tagger (hepnn.jets.taggers): same file family, other inputs.
+        msg = f"{json_path} is a {meta['kind']} model, not a flat-feature network; apply it with hepnn.jets.taggers.tagger_scores"
+        raise ModelError(msg)
     arch = meta["architecture"]
     models, preps = [], []
     for entry in meta["models"]:
         pt = json_path.parent / entry["file"]
-        try:
-            data = pt.read_bytes()
-        except FileNotFoundError:
-            msg = f"model file not found: {pt}"
-            raise ModelError(msg) from None
-        except OSError as exc:
-            msg = f"cannot read {pt}: {exc.strerror}"
-            raise ModelError(msg) from None
-        # Hash the exact bytes we deserialise (no re-read between check and load).
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            msg = f"model.pt sha256 mismatch: {pt}"
-            raise ModelError(msg)
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle/zip errors of many kinds
-            msg = f"cannot load weights from {pt}: {type(exc).__name__}"
-            raise ModelError(msg) from None
+        state = read_weights(pt, entry["sha256"])
         prep = FeaturePrep.from_dict(entry["prep"])
         try:
             net = build(arch["name"], n_inputs=prep.n_inputs, **arch["params"])

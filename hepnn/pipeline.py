@@ -21,7 +21,7 @@ import yaml
 from hepnn.config import Config, config_hash, config_source, resolved_dict
 from hepnn.errors import AccountingError
 from hepnn.execution import RunResult, run_workflow
-from hepnn.networks import prepare_networks
+from hepnn.networks import prepare_networks, rank_networks
 from hepnn.outputs import (
     MANIFEST,
     atomic_write,
@@ -144,6 +144,11 @@ def run_config(
     models, ensembles = prepare_networks(
         cfg, datasets, outdir, models_dir, test=test, progress=progress
     )
+    from hepnn.jets.tagger_report import tagger_outputs
+    from hepnn.jets.tagger_training import prepare_taggers
+
+    taggers = prepare_taggers(cfg, datasets, outdir, models_dir, test=test, progress=progress)
+    ranking_files = rank_networks(cfg, models, datasets, outdir, progress=progress)
     mcd = cfg.uncertainty.mc_dropout
     context = WorkflowContext(
         options=dict(cfg.options),
@@ -156,6 +161,7 @@ def run_config(
             else {}
         ),
         ensembles={n: [str(p) for p in ps] for n, ps in ensembles.items()},
+        taggers={name: str(path) for name, path in taggers.items()},
     )
     workflow = found.cls(context)
     schema = getattr(found.cls, "schema", None)
@@ -172,6 +178,7 @@ def run_config(
             found.source_sha256,
             {
                 **context.models,
+                **{f"tagger:{n}": q for n, q in context.taggers.items()},
                 **{f"{n}[{i}]": q for n, ps in context.ensembles.items() for i, q in enumerate(ps)},
             },
             cfg.executor.block_size,
@@ -189,13 +196,24 @@ def run_config(
         checkpoints=checkpoints,
     )
     hists = dict(result.output)
-    files: list[Path] = []
+    files: list[Path] = list(ranking_files)
     columns = hists.pop("columns", {})
     for dataset, cols in columns.items():
         path = outdir / "columns" / f"{dataset}.parquet"
         cols.write_parquet(path)
         files.append(path)
     metrics = network_metrics(models, hists, columns)
+    tagger_metrics, tagger_files = tagger_outputs(
+        taggers,
+        hists,
+        columns,
+        datasets,
+        outdir / "plots",
+        plots=cfg.outputs.plots,
+        formats=cfg.outputs.plot_formats,
+    )
+    metrics.update(tagger_metrics)
+    files += tagger_files
     root_extra, band_files = band_outputs(hists, outdir / "plots", cfg.outputs)
     files += band_files
     if metrics:
@@ -233,6 +251,7 @@ def run_config(
         "n_chunks": result.n_chunks,
         "executor_used": result.executor_info,
         "checkpoints": {"resume": resume, "chunks_reused": result.chunks_reused},
+        "taggers": context.taggers,
         "complete": all(acc["complete"] for acc in result.accounting().values()),
         "retries": result.retries,
         "datasets": {
@@ -245,7 +264,10 @@ def run_config(
             }
             for name, acc in result.accounting().items()
         },
-        "outputs": {str(p.relative_to(outdir)): file_sha256(p) for p in files},
+        "outputs": {
+            str(f.relative_to(outdir)): file_sha256(f)
+            for f in _all_outputs(outdir, started.timestamp() - 1)
+        },
     }
     for name, acc in manifest["datasets"].items():
         if acc["entries_processed"] + acc["entries_skipped"] != acc["entries_expected"]:
@@ -258,6 +280,18 @@ def run_config(
     if console is not None:
         _print_end(console, summary)
     return summary
+
+
+def _all_outputs(outdir: Path, since: float) -> list[Path]:
+    """Every file this run wrote (modified since ``since``; hidden files such as checkpoints excluded)."""
+    return sorted(
+        p
+        for p in outdir.rglob("*")
+        if p.is_file()
+        and p.name != MANIFEST
+        and not any(part.startswith(".") for part in p.relative_to(outdir).parts)
+        and p.stat().st_mtime >= since
+    )
 
 
 def _print_start(

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hepnn.config import _format_validation_error, read_yaml
 from hepnn.errors import ConfigError, InputError
 
-Format = Literal["root", "higgs-csv", "part-npy"]
+Format = Literal["root", "higgs-csv", "part-npy", "toy-gauss"]
 
 
 class DatasetSpec(BaseModel):
@@ -40,9 +40,12 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Format = "root"
-    files: list[str] = Field(..., min_length=1)
+    files: list[str] = Field(default_factory=list)
     treename: str = "Events"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    generator: dict[str, Any] | None = Field(
+        None, description="parameters of a generated sample (format toy-gauss)"
+    )
 
 
 class SamplesSpec(BaseModel):
@@ -94,6 +97,24 @@ def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
         raise ConfigError(_format_validation_error(err, str(path))) from None
     base = path.resolve().parent
     for name, ds in spec.datasets.items():
+        if ds.format == "toy-gauss":
+            if ds.files:
+                msg = (
+                    f"{path}: datasets.{name}: a toy-gauss dataset is generated; it takes no files"
+                )
+                raise ConfigError(msg)
+            from hepnn.io.toy import ToyGauss
+
+            try:
+                ToyGauss.model_validate(ds.generator or {})
+            except ValidationError as err:
+                raise ConfigError(
+                    _format_validation_error(err, f"{path}: datasets.{name}.generator")
+                ) from None
+            continue
+        if not ds.files:
+            msg = f"{path}: datasets.{name}: missing required key 'files'"
+            raise ConfigError(msg)
         resolved = []
         for f in ds.files:
             p = Path(f).expanduser()
@@ -142,6 +163,11 @@ def resolve_dataset(
     """
     files = []
     skipped: list[dict[str, Any]] = []
+    if spec.format == "toy-gauss":
+        from hepnn.io.toy import ToyGauss, generate_toy
+
+        toy = generate_toy(ToyGauss.model_validate(spec.generator or {}), cache_dir)
+        files.append(FileEntry(toy.root_path, toy.root_path, toy.treename, toy.n_events))
     for f in spec.files:
         src = Path(f)
         try:

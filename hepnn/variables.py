@@ -20,7 +20,7 @@ input, the intra-op thread count of the caller, or the process, because
 Bits are not promised across CPU instruction sets or torch versions.
 
 Models are loaded once per process and cached (LRU, :data:`CACHE_SIZE` entries)
-under ``(resolved model.json path, its sha256, its mtime)``; a hit also checks
+under ``(resolved model.json path, its sha256, its mtime, loader)``; a hit also checks
 that the ``.pt`` files' mtimes and sizes are unchanged, otherwise the model is
 reloaded (and its sha256 re-verified). Each call costs a ``stat`` and a hash of
 the small ``model.json``, not a reload.
@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import torch
@@ -46,13 +46,15 @@ from hepnn.features import FeaturePrep
 from hepnn.inference import MICRO_BATCH, padded_apply
 from hepnn.modelio import LoadedModel, load_from_json, model_json_path, parse_model_json
 
+_T = TypeVar("_T")
+
 #: Number of models kept in the per-process cache.
 CACHE_SIZE = 8
 
 #: Intra-op threads used while scoring (see the module docstring).
 INFERENCE_THREADS = 1
 
-_cache: OrderedDict[tuple[str, str, int], tuple[tuple[tuple[int, int], ...], LoadedModel]] = (
+_cache: OrderedDict[tuple[str, str, int, str], tuple[tuple[tuple[int, int], ...], Any]] = (
     OrderedDict()
 )
 _cache_lock = threading.Lock()
@@ -93,18 +95,35 @@ def _pt_stats(json_path: Path, meta: dict[str, Any]) -> tuple[tuple[int, int], .
     return tuple(out)
 
 
-def get_model(model_path: str | os.PathLike[str]) -> LoadedModel:
+@overload
+def get_model(model_path: str | os.PathLike[str], *, loader: None = None) -> LoadedModel: ...
+
+
+@overload
+def get_model(model_path: str | os.PathLike[str], *, loader: Callable[[Path, bytes], _T]) -> _T: ...
+
+
+def get_model(
+    model_path: str | os.PathLike[str],
+    *,
+    loader: Callable[[Path, bytes], Any] | None = None,
+) -> Any:
     """Load a model directory once per process (cached; see the module docstring).
 
     Parameters
     ----------
     model_path
         Model directory, its ``model.json`` or one of its ``.pt`` files.
+    loader
+        ``loader(json_path, raw_json_bytes)`` building the loaded object; default
+        :func:`hepnn.modelio.load_from_json` (a :class:`LoadedModel`). Jet taggers
+        pass :func:`hepnn.jets.taggers.load_tagger` and share this cache; the
+        result must have a ``meta`` attribute (the parsed ``model.json``).
 
     Returns
     -------
     LoadedModel
-        Shared between callers: do not modify it.
+        (or what ``loader`` returns) Shared between callers: do not modify it.
     """
     json_path = model_json_path(model_path)
     try:
@@ -113,7 +132,8 @@ def get_model(model_path: str | os.PathLike[str]) -> LoadedModel:
     except OSError as exc:
         msg = f"cannot read {json_path}: {exc.strerror}"
         raise ModelError(msg) from None
-    key = (str(json_path), hashlib.sha256(raw).hexdigest(), mtime)
+    load = loader or load_from_json
+    key = (str(json_path), hashlib.sha256(raw).hexdigest(), mtime, load.__qualname__)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and hit[0] == _pt_stats(json_path, hit[1].meta):
@@ -123,7 +143,7 @@ def get_model(model_path: str | os.PathLike[str]) -> LoadedModel:
         # Stat the weight files *before* reading them: a file replaced during
         # the load then shows a changed stat at the next call and is re-verified.
         stats = _pt_stats(json_path, parse_model_json(json_path, raw))
-        loaded = load_from_json(json_path, raw)
+        loaded = load(json_path, raw)
         _stats["loads"] += 1
         # Drop stale versions of the same file, then bound the cache size.
         for old in [k for k in _cache if k[0] == key[0]]:

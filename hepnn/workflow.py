@@ -55,6 +55,10 @@ class WorkflowContext:
         ``{"samples": T, "seed": S}`` when MC-dropout bands are asked for, else empty.
     ensembles
         Network name → model paths of its ensemble members (member 0 = the network).
+    taggers
+        Jet-tagger name → model folder, applied per jet with
+        :func:`hepnn.jets.taggers.score_batch` (images / constituent sequences,
+        not flat columns, hence apart from ``models``).
     """
 
     options: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +67,7 @@ class WorkflowContext:
     seed: int = 1234
     mc_dropout: dict[str, int] = field(default_factory=dict)
     ensembles: dict[str, list[str]] = field(default_factory=dict)
+    taggers: dict[str, str] = field(default_factory=dict)
 
 
 class Workflow(processor.ProcessorABC):
