@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from hepnn import __version__
 from hepnn.errors import ModelError
 from hepnn.features import FeaturePrep
 from hepnn.models import build
+from hepnn.outputs import atomic_bytes
 
 MODEL_JSON = "model.json"
 FORMAT = "hepnn-model"
@@ -133,25 +133,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and :func:`os.replace`.
-
-    Readers see the old file or the new one, never a partial one. The temporary
-    file is created with ``open(..., "xb")`` (normal umask permissions, unlike
-    :func:`tempfile.mkstemp`'s 0600) under a unique name in the same directory.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_model(
     path: str | os.PathLike[str],
     model: nn.Module | Sequence[nn.Module],
@@ -210,7 +191,7 @@ def save_model(
         buf = io.BytesIO()
         torch.save(net.state_dict(), buf)
         data = buf.getvalue()
-        atomic_write(outdir / name, data)
+        atomic_bytes(outdir / name, data)
         if method == "kfold":
             applies = f"{split['id_column']} % {len(models)} == {i}"
         elif method == "parity":
@@ -245,7 +226,7 @@ def save_model(
         "models": entries,
     }
     text = json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n"
-    atomic_write(outdir / MODEL_JSON, text.encode())
+    atomic_bytes(outdir / MODEL_JSON, text.encode())
     return outdir
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,26 +30,38 @@ MANIFEST = "manifest.json"
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    """Yield an unused temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The caller creates the file (so it gets the normal umask permissions, unlike
+    :func:`tempfile.mkstemp`'s 0600). On any error the temporary file is removed
+    and ``path`` is left as it was. This is the one way hepnn writes files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` atomically with ``writer(fileobj)``."""
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+    """Write ``path`` atomically with ``writer(fileobj)`` (fsynced before the rename)."""
+    with atomic_path(path) as tmp, tmp.open("xb") as fh:
         writer(fh)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -14,13 +14,13 @@ import csv
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hepnn.outputs import atomic_path, atomic_text
 from hepnn.taylor import TaylorResult, mean_abs_taylor, output_description
 
 __all__ = ["TaylorMonitor", "write_history", "write_ranking"]
@@ -34,27 +34,9 @@ ORDER_COLOURS = {1: "C0", 2: "C1", 3: "C2"}
 # ------------------------------------------------------------------- atomic io
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def _atomic_figure(fig: Any, path: Path) -> None:
-    fmt = path.suffix.lstrip(".")
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, bbox_inches="tight"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), bbox_inches="tight")
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -195,7 +177,7 @@ def write_ranking(
 
     paths["csv"] = folder / f"{model_name}.csv"
     rows = [[r["rank"], r["term"], r["order"], _fmt(r["value"])] for r in records]
-    _atomic_text(paths["csv"], _csv_text(COLUMNS, rows))
+    atomic_text(paths["csv"], _csv_text(COLUMNS, rows))
 
     paths["json"] = folder / f"{model_name}.json"
     meta = {
@@ -204,10 +186,10 @@ def write_ranking(
         "convention": " ".join(_convention_lines(result)),
     }
     doc = {"metadata": meta, "columns": list(COLUMNS), "ranking": records}
-    _atomic_text(paths["json"], json.dumps(doc, indent=2) + "\n")
+    atomic_text(paths["json"], json.dumps(doc, indent=2) + "\n")
 
     paths["md"] = folder / f"{model_name}.md"
-    _atomic_text(paths["md"], _markdown(result, model_name, records))
+    atomic_text(paths["md"], _markdown(result, model_name, records))
 
     if formats:
         plots = {fmt: folder / f"{model_name}.{fmt}" for fmt in formats}
@@ -266,7 +248,7 @@ def write_history(
         raise ValueError(msg)
     rows = _history_rows(records)
     paths = {"csv": folder / f"{model_name}_history.csv"}
-    _atomic_text(
+    atomic_text(
         paths["csv"], _csv_text(HISTORY_COLUMNS, [[e, t, o, _fmt(v)] for e, t, o, v in rows])
     )
     if not formats:

@@ -50,8 +50,9 @@ from torch import nn
 
 from hepnn.errors import ConfigError, InputError
 from hepnn.features import FeaturePrep, missing_mask
-from hepnn.modelio import atomic_write, save_model
+from hepnn.modelio import save_model
 from hepnn.models import available, build
+from hepnn.outputs import atomic_text
 from hepnn.variables import score_models, torch_threads
 
 #: ``epoch_callback(epoch, model, prep)``: called after an epoch with the
@@ -577,7 +578,7 @@ def _save(result: TrainResult, outdir: Path) -> Path:
         "lr",
         "time",
     ]
-    _atomic_text(
+    atomic_text(
         outdir / "history.csv",
         _csv_text(fields, result.history),
     )
@@ -587,7 +588,7 @@ def _save(result: TrainResult, outdir: Path) -> Path:
             for t in result.models
         ]
     }
-    _atomic_text(outdir / "history.json", json.dumps(_jsonable(doc), indent=1) + "\n")
+    atomic_text(outdir / "history.json", json.dumps(_jsonable(doc), indent=1) + "\n")
     return path
 
 
@@ -611,10 +612,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
     return obj
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------- applying

@@ -68,6 +68,7 @@ import pyarrow.csv as pa_csv
 import uproot
 
 from hepnn.errors import InputError
+from hepnn.outputs import write_json
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -310,7 +311,7 @@ def convert_csv(
         "columns": list(columns),
         "root_size": root_path.stat().st_size,
     }
-    _write_json_atomic(meta_path, meta)
+    write_json(meta_path, meta)
     return result
 
 
@@ -409,15 +410,6 @@ def _load_cached(meta_path: Path, root_path: Path, digest: str) -> ConvertedCSV 
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _content_end(f: io.BufferedReader, size: int) -> int:

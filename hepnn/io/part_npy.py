@@ -60,6 +60,7 @@ import numpy as np
 import uproot
 
 from hepnn.errors import InputError
+from hepnn.outputs import write_json
 
 #: Bump when the converted file's content changes: old cache entries are then ignored.
 CONVERTER_VERSION = 1
@@ -358,12 +359,7 @@ def convert_part_npy(
         "n_events": jets.n_jets,
         "treename": TREENAME,
     }
-    mtmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        mtmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(mtmp, meta_path)
-    finally:
-        mtmp.unlink(missing_ok=True)
+    write_json(meta_path, meta)
     return ConvertedPartNpy(root_path, jets.n_jets, prefix, digest)
 
 
