@@ -36,7 +36,7 @@ def higgs_csv_path() -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    pytest.skip(f"real Higgs-ML sample not found (looked at {[str(p) for p in candidates]})")
+    pytest.fail(f"real Higgs-ML sample not found (looked at {[str(p) for p in candidates]})")
 
 
 @pytest.fixture(scope="session")

@@ -21,22 +21,19 @@ from hepnn.jets.constituents import (
 from hepnn.jets.nanoaod import charge_from_pdgid, fatjet_constituents, read_fatjet_constituents
 
 REPO = Path(__file__).resolve().parents[1]
-_SHARED = Path("/work/shared/data")
 
 
 def _first_existing(*paths: Path) -> Path:
     for p in paths:
         if p.exists():
             return p
-    pytest.skip(f"real data not found (looked at {[str(p) for p in paths]})")
+    pytest.fail(f"real data not found (looked at {[str(p) for p in paths]})")
 
 
 @pytest.fixture(scope="module")
 def toptag() -> dict[str, np.ndarray]:
     """Real top-tagging jets as absolute constituent kinematics plus the jet axis."""
-    d = _first_existing(
-        REPO / "samples" / "toptag", _SHARED / "jet_constituents" / "toptag_landscape_1600"
-    )
+    d = _first_existing(REPO / "samples" / "toptag")
     v = np.load(d / "tl_pf_vectors.npy").astype(np.float64)
     m = np.load(d / "tl_pf_mask.npy")
     real = m[:, 0] != 0
@@ -59,16 +56,12 @@ def toptag() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def v15() -> Path:
-    return _first_existing(
-        REPO / "samples" / "nanoaod" / "nano_tt_v15.root", _SHARED / "nanoaod" / "nano_tt_v15.root"
-    )
+    return _first_existing(REPO / "samples" / "nanoaod" / "nano_tt_v15.root")
 
 
 @pytest.fixture(scope="module")
 def pfnano() -> Path:
-    return _first_existing(
-        REPO / "samples" / "nanoaod" / "pfnano.root", _SHARED / "nanoaod" / "pfnano.root"
-    )
+    return _first_existing(REPO / "samples" / "nanoaod" / "pfnano.root")
 
 
 def _seq(t: dict[str, np.ndarray], sl: slice = slice(None), **kw):

@@ -13,21 +13,15 @@ from hepnn.jets.images import jet_images, jet_images_reference, transform_consti
 from hepnn.jets.nanoaod import read_fatjet_constituents
 
 REPO = Path(__file__).resolve().parents[1]
-_TOPTAG = (
-    REPO / "samples" / "toptag",
-    Path("/work/shared/data/jet_constituents/toptag_landscape_1600"),
-)
-_PFNANO = (
-    REPO / "samples" / "nanoaod" / "pfnano.root",
-    Path("/work/shared/data/nanoaod/pfnano.root"),
-)
+_TOPTAG = (REPO / "samples" / "toptag",)
+_PFNANO = (REPO / "samples" / "nanoaod" / "pfnano.root",)
 
 
 def _first_existing(paths: tuple[Path, ...], what: str) -> Path:
     for p in paths:
         if p.exists():
             return p
-    pytest.skip(f"real {what} not found (looked at {[str(p) for p in paths]})")
+    pytest.fail(f"real {what} not found (looked at {[str(p) for p in paths]})")
 
 
 @pytest.fixture(scope="module")

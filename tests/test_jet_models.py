@@ -17,10 +17,7 @@ from hepnn.jets.images import jet_images
 from hepnn.models.registry import build
 
 REPO = Path(__file__).resolve().parents[1]
-_TOPTAG = (
-    REPO / "samples" / "toptag",
-    Path("/work/shared/data/jet_constituents/toptag_landscape_1600"),
-)
+_TOPTAG = (REPO / "samples" / "toptag",)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +25,7 @@ def data() -> dict[str, np.ndarray]:
     """Images and scaled sequences of the 1,600 real jets, plus a seeded 1,280 / 320 split."""
     d = next((p for p in _TOPTAG if p.is_dir()), None)
     if d is None:
-        pytest.skip("real top-tagging jets not found")
+        pytest.fail("real top-tagging jets not found in samples/toptag")
     v = np.load(d / "tl_pf_vectors.npy").astype(np.float64)
     pts = np.load(d / "tl_pf_points.npy")
     m = np.load(d / "tl_pf_mask.npy")
