@@ -17,7 +17,14 @@ from hepnn.pipeline import run_config
 
 REPO = Path(__file__).resolve().parents[1]
 HIGGS_CSV = REPO / "samples" / "higgs_challenge_18k.csv"
-FAST = ["outputs.plots=false"]
+#: The kinematics part of the higgs config only: no training (tested in test_networks_run.py).
+KINEMATICS = ["networks={}", "uncertainty={}", "taylor=null"]
+FAST = [*KINEMATICS, "outputs.plots=false"]
+
+
+def _hists(output: dict) -> dict:
+    """The histograms of a run's merged output (without the per-event columns)."""
+    return {k: v for k, v in output.items() if k != "columns"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +42,7 @@ def csv_truth() -> dict[str, float]:
 @pytest.fixture(scope="module")
 def higgs_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("higgs")
-    cfg = load_config(REPO / "configs" / "higgs.yaml", ["outputs.plot_formats=[png]"])
+    cfg = load_config(REPO / "configs" / "higgs.yaml", [*KINEMATICS, "outputs.plot_formats=[png]"])
     run_config(cfg, out, progress=False)
     return out
 
@@ -87,7 +94,7 @@ def test_executors_and_chunk_sizes_bitwise_equal(higgs_run: Path) -> None:
         REPO / "configs" / "higgs.yaml",
         [*FAST, "executor.name=futures", "executor.workers=2", "executor.chunksize=20000"],
     )
-    other = run_config(cfg, higgs_run.parent / "futures", progress=False).result.output
+    other = _hists(run_config(cfg, higgs_run.parent / "futures", progress=False).result.output)
     assert ref.keys() == other.keys()
     for name in ref:
         assert np.array_equal(ref[name].view(flow=True), other[name].view(flow=True)), name
@@ -119,8 +126,11 @@ def test_block_merge_is_chunking_independent(tmp_path: Path) -> None:
         outs.append(run_config(cfg, tmp_path / str(chunksize), progress=False).result)
     assert [r.n_chunks for r in outs] == [9, 3, 1]
     for r in outs[1:]:
-        for name, h in outs[0].output.items():
+        for name, h in _hists(outs[0].output).items():
             assert np.array_equal(h.view(flow=True), r.output[name].view(flow=True)), name
+        cols = outs[0].output["columns"]["higgs_challenge"].data
+        for key, values in r.output["columns"]["higgs_challenge"].data.items():
+            assert np.array_equal(cols[key], values), key
 
 
 def test_fatjets_processes_every_file(tmp_path: Path) -> None:
@@ -140,6 +150,14 @@ def test_fatjets_processes_every_file(tmp_path: Path) -> None:
         assert hists["fatjet_pt"][{"dataset": name}].sum(flow=True).value == n_fat
     # data: weight 1 per event
     assert hists["njet"][{"dataset": "dimuon_2018"}].sum(flow=True).value == 40
+    # without --models: kinematics only, FatJets counted by constituent status
+    assert not any(name.startswith("fatjet_score") for name in hists)
+    assert summary.manifest["taggers"] == {}
+    status = hists["fatjet_constituent_status"]
+    assert status[{"dataset": "ttbar_v15", "status": "no constituents linked"}] == 2
+    with uproot.open(REPO / "samples" / "nanoaod" / "nano_dy.root") as f:
+        n_dy = int(f["Events"]["nFatJet"].array(library="np").sum())
+    assert status[{"dataset": "dy", "status": "no PF candidate table"}] == n_dy
 
 
 @pytest.mark.parametrize(

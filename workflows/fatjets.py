@@ -173,7 +173,9 @@ class FatJets(Workflow):
                 else np.full(len(pt_flat), np.nan, dtype=np.float32)
             )
             out.update(self._score_hists(tagger, scores[tagger], fat, dataset, w_fat))
-        out["columns"] = {dataset: Columns(self._columns(events, sel, fat, n_const, status, scores))}
+        out["columns"] = {
+            dataset: Columns(self._columns(events, sel, fat, n_const, status, scores))
+        }
         return out
 
     def _score_hists(
@@ -197,7 +199,9 @@ class FatJets(Workflow):
         out = {f"fatjet_score_{tagger}": h1, f"fatjet_score_{tagger}_vs_pt": vs_pt}
         if "msoftdrop" in fat.fields:
             vs_msd = self._h(
-                hist.axis.Regular(20, 0, 400, name="msoftdrop", label="FatJet soft-drop mass [GeV]"),
+                hist.axis.Regular(
+                    20, 0, 400, name="msoftdrop", label="FatJet soft-drop mass [GeV]"
+                ),
                 score_axis,
                 label=f"{tagger} score vs FatJet soft-drop mass",
             )

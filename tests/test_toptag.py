@@ -1,0 +1,233 @@
+"""End to end: train the taggers of configs/toptag.yaml, reuse them, apply them to CMS FatJets."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import uproot
+import yaml
+from click.testing import CliRunner
+
+from hepnn.cli import main
+from hepnn.config import load_config
+from hepnn.errors import ChunkError
+from hepnn.pipeline import run_config
+
+REPO = Path(__file__).resolve().parents[1]
+TOPTAG = REPO / "configs" / "toptag.yaml"
+FATJETS = REPO / "configs" / "fatjets.yaml"
+QUICK = ["taggers.cnn2d.training.epochs=2", "taggers.cnn1d.training.epochs=2"]
+NO_PLOTS = ["outputs.plots=false", "outputs.hists_root=false"]
+COLUMNS = {
+    "event", "jet_index", "label", "jet_pt", "jet_eta", "jet_mass", "n_constituents",
+    "jet_ptd", "empty", "score_cnn2d", "score_cnn1d",
+}  # fmt: skip
+
+
+def _columns(out: Path, dataset: str) -> dict[str, np.ndarray]:
+    table = pq.read_table(out / "columns" / f"{dataset}.parquet")
+    return {name: table[name].to_numpy() for name in table.column_names}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toptag run training both taggers for two epochs (block 400, one chunk)."""
+    out = tmp_path_factory.mktemp("toptag")
+    cfg = load_config(TOPTAG, [*QUICK, "outputs.plot_formats=[png]"])
+    run_config(cfg, out, progress=False)
+    return out
+
+
+def test_run_writes_documented_outputs(trained: Path) -> None:
+    cols = _columns(trained, "toptag")
+    assert set(cols) == COLUMNS
+    assert len(cols["event"]) == 1600
+    assert not cols["empty"].any()
+    assert np.isfinite(cols["score_cnn2d"]).all()
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for name in ("cnn2d", "cnn1d"):
+        m = metrics["taggers"][name]["datasets"]["toptag"]
+        assert m["evaluated_on"].startswith("test split")
+        assert 250 < m["jets"] < 400  # ~20% of 1,600 by the seeded hash split
+        assert 0.8 < m["auc"] <= 1.0
+        assert m["eff_s"] == 0.3
+        assert m["rejection"] is not None or m["rejection_lower_bound"] is not None
+        # metrics after the run agree with the held-out AUC measured at training
+        assert m["auc"] == pytest.approx(metrics["taggers"][name]["training"]["test_auc"])
+    for base in ("mass", "gbt_mass_nconst_ptd"):
+        assert metrics["tagger_baselines"][base]["datasets"]["toptag"]["auc"] > 0.8
+    for plot in ("roc_taggers_toptag", "jet_image_mean_signal", "jet_image_mean_background",
+                 "score_cnn2d", "score_cnn1d"):  # fmt: skip
+        assert (trained / "plots" / f"{plot}.png").stat().st_size > 5_000, plot
+    hists = pickle.loads((trained / "hists.pkl").read_bytes())
+    assert hists["jet_status"][{"dataset": sum, "process": sum, "status": "tagged"}] == 1600
+    mean = hists["jet_image_mean_signal"]
+    assert mean.values().sum() == pytest.approx(1.0, rel=1e-3)  # images normalised to unit pT sum
+    assert hists["roc_taggers"].axes["classifier"][0] == "cnn2d"
+    model = json.loads((trained / "models" / "cnn2d" / "model.json").read_text())
+    assert model["kind"] == "jet-tagger"
+    assert model["training_data"][0]["dataset"] == "toptag"
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert set(manifest["taggers"]) == {"cnn2d", "cnn1d"}
+
+
+def test_models_reuse_is_bitwise_identical_for_any_chunking(trained: Path, tmp_path: Path) -> None:
+    """--models: same scores, bit for bit, with other chunk/block sizes and executors."""
+    ref = _columns(trained, "toptag")
+    for name, sets in (
+        ("small_blocks", ["executor.chunksize=600", "executor.block_size=200"]),
+        ("futures", ["executor.name=futures", "executor.workers=2",
+                     "executor.chunksize=200", "executor.block_size=100"]),
+    ):  # fmt: skip
+        cfg = load_config(TOPTAG, [*NO_PLOTS, *sets])
+        summary = run_config(cfg, tmp_path / name, progress=False, models_dir=trained / "models")
+        assert summary.result.n_chunks > 1
+        assert not (tmp_path / name / "models").exists()  # nothing trained
+        cols = _columns(tmp_path / name, "toptag")
+        for key in ("event", "score_cnn2d", "score_cnn1d"):
+            assert np.array_equal(cols[key], ref[key]), (name, key)
+
+
+def test_fatjets_scores_every_fatjet_with_constituents(trained: Path, tmp_path: Path) -> None:
+    cfg = load_config(FATJETS, NO_PLOTS)
+    summary = run_config(cfg, tmp_path, progress=False, models_dir=trained / "models")
+    hists = summary.result.output
+    status = hists["fatjet_constituent_status"]
+    for dataset, fname in (("ttbar_v15", "nano_tt_v15.root"), ("qcd_pfnano", "pfnano.root")):
+        cols = _columns(tmp_path, dataset)
+        has = cols["n_constituents"] > 0
+        for tagger in ("cnn2d", "cnn1d"):
+            assert np.isfinite(cols[f"score_{tagger}"][has]).all()
+            assert np.isnan(cols[f"score_{tagger}"][~has]).all()
+            scored = hists[f"fatjet_score_{tagger}"][{"dataset": dataset}].sum(flow=True).value
+            assert scored == has.sum()  # genWeight > 0 in these files
+        # independent count with uproot: FatJets >= 170 GeV with at least one link
+        with uproot.open(REPO / "samples" / "nanoaod" / fname) as f:
+            t = f["Events"]
+            table = "FatJetPFCand" if "FatJetPFCand_jetIdx" in t else "FatJetPFCands"
+            pt = t["FatJet_pt"].array()
+            linked = t[f"{table}_jetIdx"].array()
+        n_linked = sum(
+            int(
+                (
+                    (np.bincount(ak.to_numpy(j), minlength=len(p)) > 0) & (ak.to_numpy(p) >= 170)
+                ).sum()
+            )
+            for p, j in zip(pt, linked, strict=True)
+        )
+        assert has.sum() == n_linked
+        assert status[{"dataset": dataset, "status": "with constituents"}] == n_linked
+    assert status[{"dataset": "ttbar_v15", "status": "no constituents linked"}] == 2
+    dimuon = _columns(tmp_path, "dimuon_2018")
+    assert (dimuon["status"] == "no PF candidate table").all()
+    assert np.isnan(dimuon["score_cnn2d"]).all()
+    assert status[{"dataset": "dimuon_2018", "status": "no PF candidate table"}] == len(
+        dimuon["pt"]
+    )
+    for h in ("fatjet_score_cnn2d_vs_pt", "fatjet_score_cnn1d_vs_msoftdrop"):
+        assert h in hists
+
+
+# ---------------------------------------------------------------- bad inputs
+def _write_jets(path: Path, *, empty: int | None = None, nan: int | None = None,
+                bad_index: int | None = None, n: int = 40) -> Path:  # fmt: skip
+    """40 real top/QCD jets as a NanoAOD-like file, optionally damaged at one entry."""
+    from hepnn.pipeline import cache_dir
+    from hepnn.samples import load_samples, resolve_samples
+
+    ds = resolve_samples(load_samples(REPO / "samples" / "toptag.yaml"), cache_dir())
+    with uproot.open(ds["toptag"].files[0].root_path) as f:
+        a = f["Events"].arrays(entry_stop=n, library="ak")
+    pf = {k: ak.to_list(a[f"PFCand_{k}"]) for k in ("pt", "eta", "phi", "mass")}
+    links = ak.to_list(a["FatJetPFCand_pfCandIdx"])
+    if empty is not None:
+        links[empty] = []
+    if nan is not None:
+        pf["pt"][nan][3] = float("nan")
+    if bad_index is not None:
+        links[bad_index][0] = 999
+    fat = {k: a[f"FatJet_{k}"] for k in ("pt", "eta", "phi", "mass", "label")}
+    cols = {
+        "run": ak.to_numpy(a["run"]),
+        "luminosityBlock": ak.to_numpy(a["luminosityBlock"]),
+        "event": ak.to_numpy(a["event"]),
+        "label": ak.to_numpy(a["label"]),
+        "FatJet": ak.zip(fat),
+        "PFCand": ak.zip({k: ak.values_astype(ak.Array(v), np.float32) for k, v in pf.items()}),
+        "FatJetPFCand": ak.zip(
+            {
+                "jetIdx": ak.values_astype(ak.zeros_like(ak.Array(links)), np.int32),
+                "pfCandIdx": ak.values_astype(ak.Array(links), np.int32),
+            }
+        ),
+    }
+    with uproot.recreate(path) as f:
+        f.mktree(
+            "Events",
+            {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in cols.items()},
+            counter_name=lambda c: "n" + c,
+            field_name=lambda outer, inner: outer + "_" + inner,
+        )
+        f["Events"].extend(cols)
+    samples = path.with_suffix(".yaml")
+    samples.write_text(
+        yaml.safe_dump({"datasets": {"other": {"format": "root", "files": [str(path)]}}})
+    )
+    return samples
+
+
+def test_empty_jet_flagged_on_another_sample(trained: Path, tmp_path: Path) -> None:
+    """--samples + --models: another jet sample is scored; an empty jet is flagged, not scored."""
+    samples = _write_jets(tmp_path / "jets.root", empty=5)
+    argv = ["run", str(TOPTAG), "-o", str(tmp_path / "out"), "--quiet", "--samples", str(samples),
+            "--models", str(trained / "models"), *(f"--set={s}" for s in NO_PLOTS)]  # fmt: skip
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 0, res.output
+    cols = _columns(tmp_path / "out", "other")
+    assert cols["empty"].tolist() == [i == 5 for i in range(40)]
+    assert np.isnan(cols["score_cnn2d"][5])
+    assert np.isfinite(np.delete(cols["score_cnn2d"], 5)).all()
+    # the same jets score the same as in the training run's file
+    ref = _columns(trained, "toptag")
+    keep = np.arange(40) != 5
+    assert np.array_equal(cols["score_cnn1d"][keep], ref["score_cnn1d"][:40][keep])
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())["taggers"]["cnn2d"]
+    entry = m["datasets"]["other"]
+    assert entry["evaluated_on"].startswith("all labelled jets")  # not a training file
+    assert entry["jets"] == 39
+    assert entry["empty_jets"] == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"nan": 7}, r"entries \[0, 40\): InputError: branch PFCand_pt: NaN value for constituent 3 of FatJet 0 in entry 7"),
+        ({"bad_index": 12}, r"InputError: branch FatJetPFCand_pfCandIdx: index 999 outside PFCand .* in entry 12"),
+    ],
+)  # fmt: skip
+def test_bad_constituents_fail_naming_file_entry_branch(
+    trained: Path, tmp_path: Path, damage: dict[str, int], message: str
+) -> None:
+    samples = _write_jets(tmp_path / "bad.root", **damage)
+    cfg = load_config(TOPTAG, [*NO_PLOTS, f"samples={samples}", "executor.retries=0"])
+    with pytest.raises(ChunkError, match=message) as info:
+        run_config(cfg, tmp_path / "out", progress=False, models_dir=trained / "models")
+    assert str(tmp_path / "bad.root") in str(info.value)
+
+
+@pytest.mark.slow
+def test_full_training_reaches_target_auc(tmp_path: Path) -> None:
+    """The shipped config (30 epochs, early stopping): cnn2d AUC >= 0.94 on the held-out jets."""
+    cfg = load_config(TOPTAG, NO_PLOTS)
+    run_config(cfg, tmp_path, progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    cnn2d = metrics["taggers"]["cnn2d"]["datasets"]["toptag"]
+    assert cnn2d["evaluated_on"].startswith("test split")
+    assert cnn2d["auc"] >= 0.94
+    assert metrics["taggers"]["cnn1d"]["datasets"]["toptag"]["auc"] >= 0.90

@@ -1,0 +1,162 @@
+"""Top tagging: apply the config's jet taggers to labelled jets, one row per jet.
+
+Reads NanoAOD-like jets with PF-candidate constituents (the ParT npy folder
+converted by :mod:`hepnn.io.part_npy`, or any file with ``FatJetPFCand`` /
+``FatJetPFCands`` links), scores every jet with every tagger of
+``context.taggers`` (:func:`hepnn.jets.taggers.apply_taggers`: deterministic,
+chunk-independent) and returns
+
+* ``columns/<dataset>.parquet``: ``event``, ``jet_index``, ``label`` (-1 when the
+  sample has none), ``jet_pt``, ``jet_eta``, ``jet_mass``, ``n_constituents``,
+  ``jet_ptd``, ``empty`` and ``score_<tagger>`` (NaN for empty jets);
+* hists: ``score_<tagger>`` per process (score distributions per label),
+  ``jet_mass``, ``jet_pt``, ``jet_nconst``, ``jet_status`` (tagged / empty jets),
+  ``jet_image_sum`` (pixel intensities of the first image tagger's input, before
+  its pixel normalisation; the run turns it into ``jet_image_mean_<process>``).
+
+Metrics (AUC, rejection at ε_S = 0.3, mass and GBT baselines) and the ROC plot
+are made after the run from the columns (:mod:`hepnn.jets.tagger_report`).
+
+Options
+-------
+label : str
+    0/1 label branch, per event (``label``) or per jet (``FatJet_label``); default ``label``.
+jets : str
+    Jet collection (default ``FatJet``).
+jet_pt_min : float
+    Minimum jet pT in GeV (default 0: every jet).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import awkward as ak
+import hist
+import numpy as np
+
+from hepnn.columns import Columns
+from hepnn.errors import InputError
+from hepnn.jets.taggers import apply_taggers, fatjet_batch, jet_labels
+from hepnn.schemas import NanoSchema
+from hepnn.workflow import Workflow
+
+PROCESSES = ["signal", "background", "unlabelled"]
+STATUS = ["tagged", "empty"]
+
+
+class TopTag(Workflow):
+    """Tagger scores, jet kinematics and average images of labelled jets."""
+
+    name = "toptag"
+    schema = NanoSchema
+
+    def _axes(self) -> list[hist.axis.AxesMixin]:
+        return [
+            hist.axis.StrCategory(list(self.context.datasets), name="dataset", label="dataset"),
+            hist.axis.StrCategory(PROCESSES, name="process", label="process"),
+        ]
+
+    def process(self, events: Any) -> dict[str, Any]:
+        md = events.metadata
+        dataset = md["dataset"]
+        jets_name = str(self.options.get("jets", "FatJet"))
+        pt_min = self.options.get("jet_pt_min")
+        batch = fatjet_batch(
+            events,
+            jets=jets_name,
+            pt_min=None if pt_min is None else float(pt_min),
+            entry_start=int(md.get("entrystart", 0)),
+        )
+        if batch is None:
+            msg = f"no {jets_name} constituent link table (FatJetPFCand / FatJetPFCands) in the events"
+            raise InputError(msg)
+        labels = jet_labels(events, str(self.options.get("label", "label")), batch, jets=jets_name)
+        if labels is None:
+            labels = np.full(len(batch), -1, dtype=np.int64)
+        process = np.array(PROCESSES)[np.where(labels == 1, 0, np.where(labels == 0, 1, 2))]
+        scores, images, extent = apply_taggers(self.context.taggers, batch)
+        empty = batch.empty
+        n_const = batch.n_constituents
+
+        out: dict[str, Any] = {}
+        status = hist.Hist(
+            *self._axes(),
+            hist.axis.StrCategory(STATUS, name="status", label="jet"),
+            label="jets: tagged / without constituents (score NaN)",
+        )
+        status.fill(dataset=dataset, process=process, status=np.where(empty, "empty", "tagged"))
+        out["jet_status"] = status
+        for key, values, axis in (
+            (
+                "jet_mass",
+                batch.mass,
+                hist.axis.Regular(40, 0, 400, name="x", label="jet mass [GeV]"),
+            ),
+            (
+                "jet_pt",
+                batch.pt,
+                hist.axis.Regular(40, 0, 1200, name="x", label=r"jet $p_{T}$ [GeV]"),
+            ),
+            (
+                "jet_nconst",
+                n_const,
+                hist.axis.Regular(40, 0, 160, name="x", label="constituents per jet"),
+            ),
+        ):
+            h = hist.Hist(*self._axes(), axis, label=key)
+            h.fill(dataset=dataset, process=process, x=np.asarray(values, dtype=np.float64))
+            out[key] = h
+        for name, score in scores.items():
+            ok = ~empty
+            h = hist.Hist(
+                *self._axes(),
+                hist.axis.Regular(50, 0.0, 1.0, name="score", label=f"{name} score"),
+                label=f"{name} score",
+            )
+            h.fill(dataset=dataset, process=process[ok], score=score[ok].astype(np.float64))
+            out[f"score_{name}"] = h
+        out["jet_image_sum"] = self._image_sum(images, extent, process, empty)
+
+        columns = {
+            "event": ak.to_numpy(events.event)[batch.event_index].astype(np.int64),
+            "jet_index": batch.jet_index,
+            "label": labels.astype(np.int8),
+            "jet_pt": batch.pt.astype(np.float32),
+            "jet_eta": batch.eta.astype(np.float32),
+            "jet_mass": batch.mass.astype(np.float32),
+            "n_constituents": n_const.astype(np.int32),
+            "jet_ptd": batch.ptd.astype(np.float32),
+            "empty": empty,
+            **{f"score_{name}": score for name, score in scores.items()},
+        }
+        out["columns"] = {dataset: Columns(columns)}
+        return out
+
+    @staticmethod
+    def _image_sum(
+        images: np.ndarray, extent: tuple[float, float], process: np.ndarray, empty: np.ndarray
+    ) -> hist.Hist:
+        """Summed first-channel images per process: one fill of n_eta x n_phi weights each."""
+        n_eta, n_phi = images.shape[2], images.shape[3]
+        eta = hist.axis.Regular(
+            n_eta, -extent[0] / 2, extent[0] / 2, name="eta",
+            label=r"$\Delta\eta'$ (centred, principal axis along $\eta'$)",
+        )  # fmt: skip
+        phi = hist.axis.Regular(
+            n_phi, -extent[1] / 2, extent[1] / 2, name="phi", label=r"$\Delta\phi'$"
+        )
+        h = hist.Hist(
+            hist.axis.StrCategory(PROCESSES, name="process"),
+            eta,
+            phi,
+            label="summed jet images (input of the first image tagger)",
+            metadata={"plot": False},
+        )
+        rows, cols = np.meshgrid(eta.centers, phi.centers, indexing="ij")
+        for p in PROCESSES:
+            sel = (process == p) & ~empty
+            if sel.any():
+                total = images[sel, 0].sum(axis=0, dtype=np.float64)
+                h.fill(process=p, eta=rows.ravel(), phi=cols.ravel(), weight=total.ravel())
+        return h
