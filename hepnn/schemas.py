@@ -8,7 +8,18 @@ does (see DESIGN.md). Used for NanoAOD-like trees that are not full CMS files
 
 from __future__ import annotations
 
+import warnings
+
 from coffea.nanoevents import BaseSchema, NanoAODSchema, PFNanoAODSchema
+
+# Older NanoAOD files (e.g. the 2018 DY sample) store Photon_mass/charge that the schema
+# replaces by constants; coffea warns per chunk. Expected, harmless: keep the run log clean.
+# Set here so that it also applies in worker processes, which import this module.
+warnings.filterwarnings(
+    "ignore",
+    message="Branch .* already exists but its values will be replaced",
+    category=RuntimeWarning,
+)
 
 
 class NanoSchema(NanoAODSchema):
