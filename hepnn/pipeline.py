@@ -214,6 +214,14 @@ def run_config(
     )
     metrics.update(tagger_metrics)
     files += tagger_files
+    if cfg.taylor is not None and taggers:
+        from hepnn.jets.tagger_taylor import tagger_taylor_maps
+
+        formats = tuple(cfg.outputs.plot_formats) if cfg.outputs.plots else ()
+        for name, path in taggers.items():
+            files += tagger_taylor_maps(
+                name, cfg.taggers[name], Path(path), datasets, outdir, formats=formats
+            )
     root_extra, band_files = band_outputs(hists, outdir / "plots", cfg.outputs)
     files += band_files
     if metrics:

@@ -77,6 +77,18 @@ def test_run_writes_documented_outputs(trained: Path) -> None:
     assert set(manifest["taggers"]) == {"cnn2d", "cnn1d"}
 
 
+def test_taylor_maps_of_both_taggers(trained: Path) -> None:
+    """First-order Taylor maps: a per-pixel image for cnn2d, per-feature ranking for cnn1d."""
+    assert (trained / "ranking" / "cnn2d_taylor_map.png").stat().st_size > 5000
+    rows = (trained / "ranking" / "cnn1d.csv").read_text().splitlines()
+    assert rows[0] == "rank,term,order,value"
+    terms = {r.split(",")[1] for r in rows[1:]}
+    assert terms == {"log_pt", "log_e", "log_pt_rel", "log_e_rel", "deta", "dphi", "delta_r"}
+    values = [float(r.split(",")[3]) for r in rows[1:]]
+    assert all(v > 0 for v in values)
+    assert values == sorted(values, reverse=True)
+
+
 def test_models_reuse_is_bitwise_identical_for_any_chunking(trained: Path, tmp_path: Path) -> None:
     """--models: same scores, bit for bit, with other chunk/block sizes and executors."""
     ref = _columns(trained, "toptag")
