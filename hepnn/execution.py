@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import hashlib
 import os
 import time
@@ -271,6 +272,26 @@ def _unpack(payload: _Payload) -> tuple[Any, type, dict[str, dict[str, Any]]]:
     return _PAYLOADS[payload.digest]
 
 
+_GC = {"since": 0.0, "cost": 0.01}
+
+
+def _collect_garbage(seconds: float) -> None:
+    """Run the cycle collector once chunk time reaches 10x its last cost.
+
+    NanoEvents arrays hold reference cycles that keep a chunk's columns alive;
+    CPython's collector counts objects, not bytes, so it rarely runs and memory
+    grows by a chunk's columns per chunk (measured: +50 MB per 100k Higgs events).
+    A full collection costs ~0.3 s in a process with torch loaded, so it is paced
+    to cost at most ~10% of the processing time.
+    """
+    _GC["since"] += seconds
+    if _GC["since"] >= 10 * _GC["cost"]:
+        t0 = time.perf_counter()
+        gc.collect()
+        _GC["cost"] = time.perf_counter() - t0
+        _GC["since"] = 0.0
+
+
 def run_chunk(payload: _Payload, chunk: Chunk) -> dict[str, Any]:
     """Process one chunk (in a worker): its tree nodes, or its failure as one line.
 
@@ -288,13 +309,14 @@ def run_chunk(payload: _Payload, chunk: Chunk) -> dict[str, Any]:
     except Exception as err:
         read_error = _is_read_error(err)
         branch = _last_branch(accessed) if read_error else None
-        return {
+        out = {
             "error": _describe_failure(err, chunk, branch),
             "retry": read_error,  # an error of the workflow itself would fail again
-            "pid": os.getpid(),
         }
+    del accessed
     out["seconds"] = time.perf_counter() - t0
     out["pid"] = os.getpid()
+    _collect_garbage(out["seconds"])
     return out
 
 
@@ -539,6 +561,7 @@ class _Dask:
             "scheduler": info.get("address", ""),
             "workers": len(workers),
             "threads": sum(int(w.get("nthreads", 0)) for w in workers.values()),
+            "dashboard": self.client.dashboard_link or "",
         }
 
 
@@ -587,7 +610,8 @@ def make_executor(cfg: ExecutorConfig) -> Iterator[Any]:
                     n_workers=cfg.workers,
                     threads_per_worker=cfg.threads_per_worker,
                     processes=True,
-                    dashboard_address=None,
+                    # a free port: None still binds 8787 and fails when another cluster has it
+                    dashboard_address=":0",
                 ) as cluster,
                 Client(cluster) as client,
             ):

@@ -1,0 +1,215 @@
+"""Per-chunk checkpoints: ``hepnn run --resume`` reuses the chunks a killed run finished.
+
+coffea's ``SimpleCheckpointer`` keys only on dataset/file/entry range, so a rerun
+with a changed workflow or model silently reuses old results (see DESIGN.md).
+Here every checkpoint is keyed on a *run fingerprint* — the sha256 of
+
+* the resolved config without the settings that cannot change a histogram
+  (``executor`` except ``block_size``, ``outputs``),
+* the sha256 of the workflow source file,
+* the sha256 of every model file the workflow applies (``WorkflowContext.models``),
+* the datasets' metadata the workflow is built with,
+* ``block_size`` and the versions of hepnn, coffea, uproot, awkward, hist, numpy, torch,
+
+plus the chunk itself: dataset, file path, tree, entry range, and the file's
+size and modification time. Changing any of these gives another key, so an old
+checkpoint is never used for it.
+
+Layout: ``OUTDIR/.checkpoints/<fingerprint[:20]>/<sha256(chunk key)[:32]>.pkl``
+and a ``fingerprint.json`` that records what the fingerprint was made of. Each
+pickle holds the chunk's merge-tree nodes (:mod:`hepnn.execution`); it is written
+to a temporary name and renamed, so a killed run never leaves half a checkpoint.
+The main process writes them as chunks come back, so workers on a cluster need
+no shared file system for checkpoints.
+
+The pickles are **our own output**, loaded with :mod:`pickle`: never point
+``--resume`` at an output folder you did not write yourself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from hepnn.outputs import atomic_write
+
+CHECKPOINT_DIR = ".checkpoints"
+FINGERPRINT_FILE = "fingerprint.json"
+_VERSIONED = ("hepnn", "coffea", "uproot", "awkward", "hist", "numpy", "torch")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_digest(path: str | Path) -> str:
+    """sha256 over a model's files.
+
+    A folder hashes every file in it (sorted relative names and contents); a file
+    hashes itself and, for ``model.json``, the ``*.pt`` weight files beside it.
+    A path that does not exist hashes to ``"missing"`` (so creating it later
+    invalidates the checkpoints).
+    """
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        base = p
+    elif p.is_file():
+        files = [p]
+        if p.suffix == ".json":
+            files += sorted(p.parent.glob("*.pt"))
+        base = p.parent
+    else:
+        return "missing"
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(base)).encode() + b"\0" + _sha256_file(f).encode() + b"\0")
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = ""
+    return out
+
+
+def run_fingerprint(
+    config: Mapping[str, Any],
+    workflow_sha256: str,
+    models: Mapping[str, str | Path],
+    block_size: int,
+    datasets: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a run's checkpoints are keyed on (see the module docstring).
+
+    Parameters
+    ----------
+    config
+        The resolved config as plain data (:func:`hepnn.config.resolved_dict`).
+    workflow_sha256
+        sha256 of the workflow source file.
+    models
+        Network name → model path, as passed in ``WorkflowContext.models``.
+    block_size
+        Entries per accumulation block.
+    datasets
+        Dataset name → metadata the workflow is constructed with.
+
+    Returns
+    -------
+    dict
+        The parts, JSON-able, with their sha256 under ``"fingerprint"``.
+    """
+    relevant = {k: v for k, v in config.items() if k not in {"executor", "outputs"}}
+    relevant_hash = hashlib.sha256(
+        json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+    parts: dict[str, Any] = {
+        "config_sha256": relevant_hash,
+        "workflow_sha256": workflow_sha256,
+        "models": {name: model_digest(p) for name, p in sorted(models.items())},
+        "block_size": int(block_size),
+        "datasets": json.loads(json.dumps(datasets or {}, sort_keys=True, default=str)),
+        "versions": _versions(),
+    }
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    parts["fingerprint"] = hashlib.sha256(blob.encode()).hexdigest()
+    return parts
+
+
+class ChunkCheckpoints:
+    """A store of finished chunk outputs under ``OUTDIR/.checkpoints``.
+
+    Parameters
+    ----------
+    outdir
+        The run's output folder.
+    fingerprint
+        The parts from :func:`run_fingerprint`.
+    resume
+        Reuse matching checkpoints. Without it, every old checkpoint of ``outdir``
+        is deleted first. With it, checkpoints of other fingerprints (a changed
+        config, workflow or model) are deleted, matching ones are kept.
+    """
+
+    def __init__(self, outdir: Path, fingerprint: Mapping[str, Any], *, resume: bool) -> None:
+        self.root = Path(outdir) / CHECKPOINT_DIR
+        self.fingerprint = str(fingerprint["fingerprint"])
+        self.folder = self.root / self.fingerprint[:20]
+        self.resume = resume
+        self.reused = 0
+        self.saved = 0
+        self._stat: dict[str, tuple[int, int]] = {}
+        if not resume:
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif self.root.is_dir():
+            for old in self.root.iterdir():
+                if old != self.folder:
+                    if old.is_dir():
+                        shutil.rmtree(old, ignore_errors=True)
+                    else:
+                        old.unlink(missing_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        blob = json.dumps(dict(fingerprint), indent=2, sort_keys=True).encode()
+        atomic_write(self.folder / FINGERPRINT_FILE, lambda fh: fh.write(blob + b"\n"))
+
+    def _file_id(self, filename: str) -> tuple[int, int]:
+        if filename not in self._stat:
+            st = Path(filename).stat()
+            self._stat[filename] = (st.st_size, st.st_mtime_ns)
+        return self._stat[filename]
+
+    def chunk_key(self, dataset: str, filename: str, treename: str, start: int, stop: int) -> str:
+        """sha256 of the fingerprint and the chunk (file identity included)."""
+        size, mtime = self._file_id(filename)
+        blob = json.dumps(
+            [self.fingerprint, dataset, filename, treename, start, stop, size, mtime],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key[:32]}.pkl"
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The stored chunk output for ``key``, or None (absent, unreadable or not ours)."""
+        if not self.resume:
+            return None
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with path.open("rb") as fh:
+                data = pickle.load(fh)  # our own file (module docstring)
+        except Exception:  # a damaged checkpoint is recomputed, never trusted
+            return None
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        self.reused += 1
+        return {"nodes": data["nodes"], "entries": data["entries"]}
+
+    def save(self, key: str, item: Mapping[str, Any]) -> None:
+        """Store a finished chunk's output atomically."""
+        data = {"key": key, "nodes": item["nodes"], "entries": item["entries"]}
+        atomic_write(
+            self._path(key), lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        )
+        self.saved += 1
+
+    def clear(self) -> None:
+        """Delete every checkpoint of the output folder (after a complete run)."""
+        shutil.rmtree(self.root, ignore_errors=True)
