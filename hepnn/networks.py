@@ -91,12 +91,14 @@ def train_network(
     taylor: TaylorConfig | None = None,
     run_dir: Path | None = None,
     seed: int = 0,
+    plot: bool = True,
 ) -> Path:
     """Train network ``name`` on the config's datasets and save it to ``outdir/name``.
 
     With ``taylor.monitor_every > 0`` and a ``run_dir``, the Taylor ranking on
     validation events is recorded during training and written to
-    ``run_dir/ranking/<name>_history.{csv,png,pdf}``.
+    ``run_dir/ranking/<name>_history.{csv,png,pdf}``. With ``plot``, the loss and
+    AUC per epoch are drawn to ``run_dir/plots/training_<name>.{png,pdf}``.
     """
     s = spec.training
     id_col = s.split.id_column
@@ -128,6 +130,8 @@ def train_network(
     if result.path is None:  # pragma: no cover - train saves when given an outdir
         msg = f"networks.{name}: training did not save a model"
         raise ModelError(msg)
+    if run_dir is not None and plot:
+        plot_history(result.history, run_dir / "plots" / f"training_{name}")
     if monitor is not None and monitor.history and run_dir is not None:
         from hepnn.ranking import write_history
 
@@ -192,6 +196,7 @@ def prepare_networks(
                     taylor=cfg.taylor if m == 0 else None,
                     run_dir=outdir,
                     seed=cfg.seed,
+                    plot=cfg.outputs.plots,
                 )
             )
         models[name] = paths[0]
@@ -224,3 +229,33 @@ def rank_networks(
         )
         files += write_outputs(outdir, name, result, cfg.taylor, formats)
     return files
+
+
+def plot_history(history: list[dict[str, float]], stem: Path) -> list[Path]:
+    """Loss (train, validation) and validation AUC per epoch, one line per fold."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hepnn.plotting import save_figure
+
+    if not history:
+        return []
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    folds = sorted({int(h.get("fold", 0) or 0) for h in history})
+    for i, fold in enumerate(folds):
+        rows = [h for h in history if int(h.get("fold", 0) or 0) == fold]
+        epochs = [h["epoch"] for h in rows]
+        label = f"fold {fold}" if len(folds) > 1 else ""
+        ax_loss.plot(epochs, [h["train_loss"] for h in rows], color=f"C{i}", ls="--", lw=1)
+        ax_loss.plot(epochs, [h["val_loss"] for h in rows], color=f"C{i}", label=label)
+        ax_auc.plot(epochs, [h["val_auc"] for h in rows], color=f"C{i}", label=label)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss (solid: validation, dashed: training)")
+    ax_auc.set_xlabel("epoch")
+    ax_auc.set_ylabel("validation AUC")
+    if len(folds) > 1:
+        ax_auc.legend(fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, stem, ("png", "pdf"))
