@@ -220,7 +220,14 @@ def plot(outdir: str, formats: tuple[str, ...]) -> None:
     if not path.is_file():
         msg = f"{path}: not found (is {outdir} the output folder of a hepnn run?)"
         raise InputError(msg)
-    written = plot_hists(load_hists(path), Path(outdir) / "plots", formats or ("png", "pdf"))
+    from hepnn.config import OutputConfig
+    from hepnn.reporting import band_outputs
+
+    hists = load_hists(path)
+    fmts = list(formats or ("png", "pdf"))
+    written = plot_hists(hists, Path(outdir) / "plots", fmts)
+    # bands are drawn from the replica histograms (summaries recomputed, not saved here)
+    written += band_outputs(hists, Path(outdir) / "plots", OutputConfig(plot_formats=fmts))[1]
     console.print(f"wrote {len(written)} plots to {Path(outdir) / 'plots'}")
 
 
