@@ -39,22 +39,30 @@ def tiled_dataset(src: Dataset, repeat: int, tmp: Path) -> Dataset:
     with uproot.recreate(path) as out:
         out.mktree("Events", {k: v.dtype for k, v in tiled.items()})
         out["Events"].extend(tiled)
-    return Dataset(src.name, src.format, [FileEntry(path, path, "Events", n * repeat)], src.metadata)
+    return Dataset(
+        src.name, src.format, [FileEntry(path, path, "Events", n * repeat)], src.metadata
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10, help="tile the 18k events this often")
     parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs of the benchmark DNN")
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="training epochs of the benchmark DNN"
+    )
     args = parser.parse_args()
 
-    cfg = load_config(REPO / "configs" / "higgs.yaml", ["executor.chunksize=100000", "executor.block_size=20000"])
+    cfg = load_config(
+        REPO / "configs" / "higgs.yaml", ["executor.chunksize=100000", "executor.block_size=20000"]
+    )
     datasets, found = prepare(cfg, progress=False)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         spec = cfg.networks["dnn"]
-        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": args.epochs})})
+        spec = spec.model_copy(
+            update={"training": spec.training.model_copy(update={"epochs": args.epochs})}
+        )
         model = train_network("dnn", spec, datasets, tmp / "models", progress=False)
         ds = {name: tiled_dataset(d, args.repeat, tmp) for name, d in datasets.items()}
         n = sum(d.entries for d in ds.values())
@@ -71,7 +79,9 @@ def main() -> None:
     print(f"{'workflow':<18} {'events/s':>12} {'ratio':>7}")
     for label, rate in rows.items():
         print(f"{label:<18} {rate:12.0f} {rate / base:7.2f}")
-    print(f"target: with network >= 0.5 x without -> {'met' if rows['with network'] >= 0.5 * base else 'NOT met'}")
+    print(
+        f"target: with network >= 0.5 x without -> {'met' if rows['with network'] >= 0.5 * base else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def test_toy_is_seeded_and_cached(tmp_path: Path) -> None:
     again = generate_toy(spec, tmp_path)
     assert again.root_path == first.root_path
     assert again.root_path.stat().st_mtime_ns == mtime  # reused, not regenerated
-    assert generate_toy(ToyGauss(events_per_class=500, seed=8), tmp_path).root_path != first.root_path
+    assert (
+        generate_toy(ToyGauss(events_per_class=500, seed=8), tmp_path).root_path != first.root_path
+    )
 
 
 def test_toy_moments_and_llr() -> None:

@@ -107,14 +107,24 @@ def test_models_reuse_is_bitwise(trained: Path, tmp_path: Path) -> None:
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
     ref = pickle.loads((trained / "hists.pkl").read_bytes())
     for name in ("score_dnn", "score_dnn_mcdropout", "score_dnn_ensemble", "DER_mass_MMC_cut_dnn"):
-        assert np.array_equal(ref[name].view(flow=True), summary.result.output[name].view(flow=True)), name
+        assert np.array_equal(
+            ref[name].view(flow=True), summary.result.output[name].view(flow=True)
+        ), name
 
 
 def test_missing_models_dir_is_one_line_error(tmp_path: Path) -> None:
     empty = tmp_path / "nomodels"
     empty.mkdir()
     result = CliRunner().invoke(
-        main, ["run", str(REPO / "configs" / "higgs.yaml"), "-o", str(tmp_path / "o"), "--models", str(empty)]
+        main,
+        [
+            "run",
+            str(REPO / "configs" / "higgs.yaml"),
+            "-o",
+            str(tmp_path / "o"),
+            "--models",
+            str(empty),
+        ],
     )
     assert result.exit_code == 2
     assert "no model.json for network 'dnn'" in result.output

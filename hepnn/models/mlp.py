@@ -80,9 +80,7 @@ class MLP(nn.Module):
         self.dropouts = nn.ModuleList(
             nn.Dropout(p_in if i == 0 else dropout) for i in range(len(widths) - 1)
         )
-        self.linears = nn.ModuleList(
-            nn.Linear(a, b) for a, b in itertools.pairwise(widths)
-        )
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
