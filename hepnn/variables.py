@@ -278,35 +278,19 @@ def score_models(
         if isinstance(columns_or_events, EventColumns)
         else EventColumns(columns_or_events)
     )
-    with _score_lock, torch_threads(INFERENCE_THREADS):
-        if len(models) == 1:
-            return _apply(models[0], preps[0], columns, batch_size, output)
-        k = len(models)
-        ids = _event_ids(columns, event_ids, "EventId")
-        fold = ids % k
-        out = np.empty(ids.shape[0], dtype=np.float32)
-        for i in range(k):
-            rows = np.flatnonzero(fold == i)
-            if rows.size == 0:
-                continue
-            # Select the rows first so each fold's prep only prepares its events.
-            sub = {name: columns[name][rows] for name in preps[i].features}
-            out[rows] = _apply(models[i], preps[i], sub, batch_size, output)
-        return out
+
+    def apply(model: nn.Module, x: np.ndarray) -> np.ndarray:
+        return _apply(model, x, batch_size, output)[None]
+
+    return _routed(models, preps, columns, event_ids, "EventId", apply, 1)[0]
 
 
-def _apply(
-    model: nn.Module,
-    prep: FeaturePrep,
-    columns: Mapping[str, Any],
-    batch_size: int,
-    output: str,
-) -> np.ndarray:
-    x = torch.from_numpy(prep.transform(columns))
+def _apply(model: nn.Module, x: np.ndarray, batch_size: int, output: str) -> np.ndarray:
+    """Scores of prepared inputs ``x`` in fixed-size micro-batches."""
     fn: Callable[[torch.Tensor], torch.Tensor] = (
         model if output == "logit" else (lambda t: torch.sigmoid(model(t)))
     )
-    return padded_apply(fn, x, batch_size).numpy()
+    return padded_apply(fn, torch.from_numpy(x), batch_size).numpy()
 
 
 def network_score(
@@ -365,22 +349,30 @@ def network_score(
 
 
 def _routed(
-    loaded: LoadedModel,
+    models: Sequence[nn.Module],
+    preps: Sequence[FeaturePrep],
     columns: EventColumns,
     event_ids: Any,
+    id_column: str,
     apply: Callable[[nn.Module, np.ndarray], np.ndarray],
     n_rows: int,
 ) -> np.ndarray:
-    """Apply ``apply(model, prepared_inputs) -> (R, n)`` per fold, routing events by id."""
+    """Apply ``apply(model, prepared_inputs) -> (n_rows, n)`` with events routed to models.
+
+    One model: every event. ``k`` models: event ``e`` goes to model
+    ``event_ids[e] % k`` (the fold that did not train on it). Runs on the pinned
+    inference thread count.
+    """
     with _score_lock, torch_threads(INFERENCE_THREADS):
-        if not loaded.kfold:
-            return apply(loaded.models[0], loaded.preps[0].transform(columns))
-        ids = _event_ids(columns, event_ids, loaded.id_column)
-        fold = ids % loaded.folds
+        if len(models) == 1:
+            return apply(models[0], preps[0].transform(columns))
+        ids = _event_ids(columns, event_ids, id_column)
+        fold = ids % len(models)
         out = np.empty((n_rows, ids.shape[0]), dtype=np.float32)
-        for i, (model, prep) in enumerate(zip(loaded.models, loaded.preps, strict=True)):
+        for i, (model, prep) in enumerate(zip(models, preps, strict=True)):
             rows = np.flatnonzero(fold == i)
             if rows.size:
+                # Select the rows first so each fold's prep only prepares its events.
                 sub = {name: columns[name][rows] for name in prep.features}
                 out[:, rows] = apply(model, prep.transform(sub))
         return out
@@ -410,4 +402,6 @@ def replica_scores(
     def apply(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return MCDropout(model, samples=samples, seed=seed).scores(x, "sigmoid", batch_size)
 
-    return _routed(loaded, columns, event_ids, apply, samples)
+    return _routed(
+        loaded.models, loaded.preps, columns, event_ids, loaded.id_column, apply, samples
+    )

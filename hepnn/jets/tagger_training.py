@@ -43,6 +43,7 @@ from hepnn.jets.taggers import (
     save_tagger,
     split_codes,
 )
+from hepnn.metrics import auc
 from hepnn.modelio import parse_model_json
 from hepnn.models import build
 from hepnn.outputs import atomic_bytes
@@ -156,12 +157,6 @@ def _data_hash(raw: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from hepnn.metrics import auc
-
-    return auc(scores, labels)
-
-
 def train_tagger(
     name: str,
     spec: TaggerSpec,
@@ -239,7 +234,7 @@ def train_tagger(
             model.eval()
             logits = torch.from_numpy(_forward(model, x_va.numpy(), TAGGER_MICRO_BATCH))
             val_loss = float(loss_fn(logits, y_va))
-            val_auc = _auc(y_va.numpy(), logits.numpy())
+            val_auc = auc(logits.numpy(), y_va.numpy())
             train_loss = total / len(perm)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 msg = f"taggers.{name}: training diverged in epoch {epoch}; lower lr"
@@ -271,7 +266,7 @@ def train_tagger(
         "epochs_run": len(history),
         "val_loss": at_best["val_loss"],
         "val_auc": at_best["val_auc"],
-        "test_auc": _auc(jets.labels[te], test_logits),
+        "test_auc": auc(test_logits, jets.labels[te]),
         "n_train": int(tr.sum()),
         "n_val": int(va.sum()),
         "n_test": int(te.sum()),
