@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # --- ATLAS Higgs ML challenge CSV (real sample, 18,000 events, CERN Open Data v2 layout) ---
@@ -20,12 +22,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["HEPNN_CACHE_DIR"] = str(tmp_path_factory.mktemp("hepnn_cache"))
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread() -> None:
-    """One intra-op thread: tests share two cores, and results must not depend on it."""
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Every test starts on one intra-op thread (two shared cores); the count is restored."""
     import torch
 
+    old = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +56,16 @@ def higgs_converted(higgs_csv_path: Path, tmp_path_factory: pytest.TempPathFacto
     from hepnn.io.higgs_csv import convert_csv
 
     return convert_csv(higgs_csv_path, tmp_path_factory.mktemp("higgs_cache"))
+
+
+@pytest.fixture(scope="session")
+def higgs(higgs_csv_path: Path) -> dict[str, np.ndarray]:
+    """The real 18k-event CSV as numpy columns (read with numpy only, not hepnn)."""
+    data = np.genfromtxt(higgs_csv_path, delimiter=",", names=True, dtype=None, encoding="utf-8")
+    return {name: data[name] for name in data.dtype.names}
+
+
+@pytest.fixture(scope="session")
+def features(higgs: dict[str, np.ndarray]) -> list[str]:
+    """The 30 DER_/PRI_ feature names, in file order."""
+    return [n for n in higgs if n.startswith(("DER_", "PRI_"))]

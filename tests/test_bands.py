@@ -27,14 +27,6 @@ from hepnn.uncertainty import Ensemble, MCDropout
 T = 30
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def values() -> np.ndarray:
     """(T, N) per-replica scores with a replica-dependent shift (a real spread)."""

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hepnn.errors import ConfigError, InputError, ModelError
 from hepnn.features import MISSING_VALUE, FeaturePrep, missing_mask
-
-
-@pytest.fixture(scope="module")
-def higgs(higgs_csv_path: Path) -> dict[str, np.ndarray]:
-    """The real 18k-event CSV as numpy columns (read with numpy only)."""
-    data = np.genfromtxt(higgs_csv_path, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    return {name: data[name] for name in data.dtype.names}
-
-
-@pytest.fixture(scope="module")
-def features(higgs: dict[str, np.ndarray]) -> list[str]:
-    return [n for n in higgs if n.startswith(("DER_", "PRI_"))]
 
 
 def _subset(cols: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:

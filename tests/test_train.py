@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pydantic
@@ -27,29 +26,8 @@ from hepnn.variables import network_score
 
 
 @pytest.fixture(scope="module")
-def higgs(higgs_csv_path: Path) -> dict[str, np.ndarray]:
-    """The real 18k-event CSV as numpy columns (read with numpy only)."""
-    data = np.genfromtxt(higgs_csv_path, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    return {name: data[name] for name in data.dtype.names}
-
-
-@pytest.fixture(scope="module")
-def features(higgs: dict[str, np.ndarray]) -> list[str]:
-    return [n for n in higgs if n.startswith(("DER_", "PRI_"))]
-
-
-@pytest.fixture(scope="module")
 def labels(higgs: dict[str, np.ndarray]) -> np.ndarray:
     return (higgs["Label"] == "s").astype(np.int64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: run the tests on one intra-op thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def small(features: list[str], **kw) -> TrainSettings:

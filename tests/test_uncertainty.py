@@ -25,14 +25,6 @@ BATCH = 128
 SPLITS = [0, 1, 130, 131, 500, 977, 1200, 1500]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _mlp(p: float = 0.1, n_inputs: int = 5, hidden=(16, 16), seed: int = 0, **kw) -> nn.Module:
     torch.manual_seed(seed)
     return build("mlp", n_inputs=n_inputs, hidden=list(hidden), dropout=p, **kw).eval()

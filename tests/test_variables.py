@@ -31,18 +31,6 @@ def bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint32)
 
 
-@pytest.fixture(scope="module")
-def higgs(higgs_csv_path: Path) -> dict[str, np.ndarray]:
-    """The real 18k-event CSV as numpy columns (read with numpy only)."""
-    data = np.genfromtxt(higgs_csv_path, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    return {name: data[name] for name in data.dtype.names}
-
-
-@pytest.fixture(scope="module")
-def features(higgs: dict[str, np.ndarray]) -> list[str]:
-    return [n for n in higgs if n.startswith(("DER_", "PRI_"))]
-
-
 def _net(n_inputs: int, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -80,14 +68,6 @@ def kfold_model(tmp_path_factory, higgs, features) -> Path:
         "split": {"method": "kfold", "folds": 3, "id_column": "EventId"},
     }
     return save_model(tmp_path_factory.mktemp("m") / "kfold", nets, preps, settings, {}, "0" * 64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _chunks(cols: dict[str, np.ndarray], cuts: list[int]) -> list[dict[str, np.ndarray]]:
