@@ -568,8 +568,9 @@ def mean_abs_taylor(
             coeffs = _coefficients(model, xc, feats, orders, output, resolved)
             wc = None if w is None else torch.from_numpy(w[start:stop])
             for o, t in coeffs.items():
-                at = t.abs().to(torch.float64).cpu()
-                acc[o] += at.sum(0) if wc is None else wc @ at
+                at = t.abs().cpu()
+                # float64 sums: the result does not depend on the chunking
+                acc[o] += at.sum(0, dtype=torch.float64) if wc is None else wc @ at.double()
             sum_w += float(stop - start) if w is None else float(w[start:stop].sum())
     if not sum_w > 0:
         msg = f"sum of weights must be positive, got {sum_w}"
