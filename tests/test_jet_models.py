@@ -89,6 +89,11 @@ CONFIGS = [
         },
         (5, 4, 10),
     ),
+    (
+        "cnn1d",
+        {"n_features": 3, "filters": (8, 8), "kernel_size": 1, "pooling": "max_weighted"},
+        (5, 4, 10),
+    ),
 ]
 
 
@@ -146,6 +151,32 @@ def test_cnn1d_ignores_padding(data: dict[str, np.ndarray]) -> None:
         assert torch.allclose(net(garbage), ref, atol=1e-6)
         with pytest.raises(ValueError, match="mask last"):
             net(seq[:, :-1])
+
+
+def test_weighted_pooling_can_weight_by_pt() -> None:
+    """A score of log pT makes the weights pT_i / sum pT: an energy-flow sum, padding-free."""
+    torch.manual_seed(3)
+    net = build("cnn1d", n_features=2, filters=(2,), kernel_size=1, dense=(), pooling="weighted")
+    with torch.no_grad():
+        net.convs[0].weight.copy_(torch.eye(2)[:, :, None])  # h = relu(x) = x for x > 0
+        net.convs[0].bias.zero_()
+        net.scores[0].weight.copy_(torch.tensor([[[1.0], [0.0]]]))  # score = log pT
+        net.scores[0].bias.fill_(5.0)  # a constant shift does not change a softmax
+        net.linears[0].weight.copy_(torch.tensor([[0.0, 1.0]]))  # read sum_i w_i x1_i
+        net.linears[0].bias.zero_()
+    pt = torch.rand(4, 6) * 100 + 1
+    mask = (torch.arange(6) < torch.tensor([[6], [3], [1], [0]])).float()
+    obs = torch.rand(4, 6) + 0.1  # e.g. an angle per constituent
+    x = torch.stack([pt.log(), obs, mask], dim=1)
+    net.eval()
+    with torch.no_grad():
+        got = net(x)
+        padded = net(torch.cat([x, torch.zeros(4, 3, 5)], dim=2))
+    z = pt * mask / (pt * mask).sum(dim=1, keepdim=True).clamp(min=1e-30)
+    want = (z * obs).sum(dim=1)
+    assert torch.allclose(got, want, rtol=1e-5)
+    assert got[3] == 0  # no constituents: nothing to pool
+    assert torch.allclose(padded, got, atol=1e-6)  # more padding slots: same value
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,80 @@ def test_config_rejects_unknown_keys_and_derived_params(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fractions"):
         load_config(cfg, ["taggers.cnn2d.training.split.fractions=[0.5, 0.6, 0.1]"])
     assert load_config(cfg).taggers["cnn1d"].sequence.max_constituents == 64
+    with pytest.raises(ConfigError, match="sequence taggers"):
+        load_config(cfg, ["taggers.cnn2d.training.augment.rotate=true"])
+    with pytest.raises(ConfigError, match="both deta and dphi"):
+        load_config(
+            cfg,
+            [
+                "taggers.cnn1d.sequence.features=[log_pt, deta]",
+                "taggers.cnn1d.training.augment.rotate=true",
+            ],
+        )
+
+
+# -------------------------------------------------------------- augmentation
+def _augmenter(batch: JetBatch, *, scale: str = "standard", **augment: bool) -> tuple:
+    """Fitted sequence prep, its augmenter and the network inputs of ``batch``."""
+    from hepnn.jets.tagger_training import SequenceAugmenter
+    from hepnn.jets.taggers import SequenceAugment, SequenceSettings
+
+    settings = SequenceSettings(max_constituents=32, scale=scale).model_dump(mode="json")
+    raw = TaggerPrep("sequence", settings).raw(batch)
+    prep = TaggerPrep.fit("sequence", settings, raw)
+    aug = SequenceAugmenter.build(SequenceAugment(**augment), prep)
+    return prep, aug, torch.from_numpy(prep.transform(raw))
+
+
+def _unscale(prep: TaggerPrep, x: torch.Tensor) -> np.ndarray:
+    """Raw features (N, F, P) back from the scaled inputs, padded slots 0."""
+    assert prep.scaler is not None
+    mean = np.asarray(prep.scaler.mean)[None, :, None]
+    std = np.asarray(prep.scaler.std)[None, :, None]
+    mask = x[:, -1:].numpy().astype(np.float64)
+    return (x[:, :-1].numpy().astype(np.float64) * std + mean) * mask
+
+
+def test_augmentation_rotates_and_reflects_keeping_invariants(batch: JetBatch) -> None:
+    """Rotation/reflection about the jet axis: ΔR, pT, E and the mask unchanged; seeded."""
+    prep, aug, x = _augmenter(batch, rotate=True, reflect=True)
+    assert aug is not None
+    out = aug(x, torch.Generator().manual_seed(3))
+    features = list(prep.settings["features"])
+    ieta, iphi, idr = (features.index(f) for f in ("deta", "dphi", "delta_r"))
+    a, b = _unscale(prep, x), _unscale(prep, out)
+    real = x[:, -1].numpy() != 0
+    # Every jet's constituents move: ΔR = |(Δη, Δφ)| is kept, the angles are not.
+    np.testing.assert_allclose(
+        np.hypot(b[:, ieta], b[:, iphi])[real], a[:, idr][real], rtol=0, atol=2e-5
+    )
+    assert not np.allclose(b[:, ieta][real], a[:, ieta][real], atol=1e-2)
+    # One rigid transformation per jet: the Δη·Δη' + Δφ·Δφ' between two constituents is kept.
+    j = int(np.argmax(real.sum(axis=1)))
+    dots_a = a[j][[ieta, iphi]][:, real[j]].T @ a[j][[ieta, iphi]][:, real[j]]
+    dots_b = b[j][[ieta, iphi]][:, real[j]].T @ b[j][[ieta, iphi]][:, real[j]]
+    np.testing.assert_allclose(dots_b, dots_a, atol=1e-4)
+    # pT / energy features, ΔR and the mask channel are bitwise untouched; padding stays 0.
+    same = [i for i in range(x.shape[1]) if i not in (ieta, iphi)]
+    assert torch.equal(out[:, same], x[:, same])
+    assert (out[:, :-1][x[:, -1:].expand_as(out[:, :-1]) == 0] == 0).all()
+    # Seeded: same generator seed, same bits; another seed, other angles.
+    assert torch.equal(aug(x, torch.Generator().manual_seed(3)), out)
+    assert not torch.equal(aug(x, torch.Generator().manual_seed(4)), out)
+
+
+def test_reflection_only_flips_signs(batch: JetBatch) -> None:
+    prep, aug, x = _augmenter(batch, scale="none", reflect=True)
+    assert aug is not None
+    assert not aug.rotate
+    out = aug(x, torch.Generator().manual_seed(0))
+    features = list(prep.settings["features"])
+    for name in ("deta", "dphi"):
+        i = features.index(name)
+        assert torch.equal(out[:, i].abs(), x[:, i].abs())
+        flipped = (out[:, i] * x[:, i]).sum(dim=1) < 0
+        assert 0 < int(flipped.sum()) < len(x)  # about half of the jets
+    assert _augmenter(batch)[1] is None  # nothing asked, nothing built
 
 
 def test_split_is_a_function_of_the_event_number_only() -> None:
@@ -227,7 +301,7 @@ def test_training_is_byte_reproducible(tmp_path: Path) -> None:
             "params": {"filters": [8, 8], "dense": [8]},
             "sequence": {"max_constituents": 32},
             "max_jets": 400,
-            "training": {"epochs": 2},
+            "training": {"epochs": 2, "augment": {"rotate": True, "reflect": True}},
         }
     )
     paths = [train_tagger("t", spec, datasets, tmp_path / str(i), progress=False) for i in (0, 1)]
@@ -236,3 +310,21 @@ def test_training_is_byte_reproducible(tmp_path: Path) -> None:
     meta = json.loads((paths[0] / "model.json").read_text())
     assert meta["metrics"]["n_train"] + meta["metrics"]["n_val"] + meta["metrics"]["n_test"] == 400
     assert meta["training_data"][0]["jets"] == 1600  # read, then capped by max_jets
+    # The augmentation is random but seeded, and only touches the training batches:
+    # the validation AUC is that of the saved network on the unaugmented jets.
+    from hepnn.jets.tagger_training import read_training_jets
+    from hepnn.metrics import auc
+
+    jets = read_training_jets("t", spec, datasets)
+    val = split_codes(jets.ids, spec.training.split) == VAL
+    scores = tagger_scores(paths[0], jets.batch.constituents[val], _jet_kinematics(jets.batch, val))
+    assert auc(scores, jets.labels[val]) == pytest.approx(meta["metrics"]["val_auc"], abs=1e-12)
+    plain = TaggerSpec.model_validate(
+        spec.model_dump() | {"training": spec.training.model_dump() | {"augment": {}}}
+    )
+    other = train_tagger("t", plain, datasets, tmp_path / "p", progress=False)
+    assert (other / "model.pt").read_bytes() != (paths[0] / "model.pt").read_bytes()
+
+
+def _jet_kinematics(batch: JetBatch, rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {f: getattr(batch, f)[rows] for f in ("pt", "eta", "phi", "mass", "energy")}

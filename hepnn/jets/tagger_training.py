@@ -35,6 +35,7 @@ from hepnn.jets.taggers import (
     TRAIN,
     VAL,
     JetBatch,
+    SequenceAugment,
     TaggerPrep,
     TaggerSpec,
     _forward,
@@ -150,6 +151,77 @@ def _concat(batches: list[JetBatch]) -> JetBatch:
     )
 
 
+@dataclass(frozen=True)
+class SequenceAugmenter:
+    """Applies :class:`~hepnn.jets.taggers.SequenceAugment` to scaled network inputs.
+
+    The network sees standardised features, ``(x - mean) / std`` per feature, so
+    Δη and Δφ are taken back to angles, rotated and/or reflected about the jet
+    axis (one draw per jet, the same for all its constituents) and scaled again;
+    padded slots stay 0. Every other channel (pT, energies, ΔR, the mask) is
+    left untouched: those features are invariant under the transformation.
+
+    Attributes
+    ----------
+    deta, dphi
+        ``(channel, mean, std)`` of the scaled Δη / Δφ input, or None when the
+        tagger does not use the feature.
+    """
+
+    deta: tuple[int, float, float] | None
+    dphi: tuple[int, float, float] | None
+    rotate: bool
+    reflect: bool
+
+    @classmethod
+    def build(cls, augment: SequenceAugment, prep: TaggerPrep) -> SequenceAugmenter | None:
+        """The augmenter of a fitted sequence preprocessing; None when nothing would change."""
+        if not augment.active or prep.kind != "sequence":
+            return None
+        features = list(prep.settings["features"])
+
+        def channel(name: str) -> tuple[int, float, float] | None:
+            if name not in features:
+                return None
+            i = features.index(name)
+            if prep.scaler is None:
+                return i, 0.0, 1.0
+            return i, prep.scaler.mean[i], prep.scaler.std[i]
+
+        deta, dphi = channel("deta"), channel("dphi")
+        if deta is None and dphi is None:
+            return None
+        # A rotation needs both angles (checked by TaggerSpec); without them only reflect.
+        rotate = augment.rotate and deta is not None and dphi is not None
+        return cls(deta, dphi, rotate, augment.reflect)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """An augmented copy of ``x`` ``(N, F + 1, P)``; the draws come from ``generator``."""
+        n = x.shape[0]
+        mask = x[:, -1, :]
+        angles: dict[str, torch.Tensor] = {}
+        for key, ch in (("deta", self.deta), ("dphi", self.dphi)):
+            if ch is not None:
+                angles[key] = x[:, ch[0], :] * ch[2] + ch[1]
+        # Draws in a fixed order (angle, then the two signs) whatever is used,
+        # so that a run is reproducible from the seed alone.
+        theta = torch.rand(n, 1, generator=generator, dtype=x.dtype) * (2 * math.pi)
+        signs = torch.where(torch.rand(n, 2, generator=generator) < 0.5, -1.0, 1.0).to(x.dtype)
+        if self.rotate:
+            c, s = torch.cos(theta), torch.sin(theta)
+            eta, phi = angles["deta"], angles["dphi"]
+            angles["deta"], angles["dphi"] = c * eta - s * phi, s * eta + c * phi
+        if self.reflect:
+            for j, key in enumerate(("deta", "dphi")):
+                if key in angles:
+                    angles[key] = angles[key] * signs[:, j : j + 1]
+        out = x.clone()
+        for key, ch in (("deta", self.deta), ("dphi", self.dphi)):
+            if ch is not None:
+                out[:, ch[0], :] = (angles[key] - ch[1]) / ch[2] * mask
+        return out
+
+
 def _data_hash(raw: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in (raw.astype("<f4"), labels.astype("<i8"), ids.astype("<i8")):
@@ -169,7 +241,8 @@ def train_tagger(
 
     Seeded and bitwise reproducible (one intra-op thread by default): the weights
     from ``(seed, stream 0)``, the batch order from stream 1, the dropout masks
-    from stream 2 reseeded per epoch. Early stopping on the validation loss; the
+    from stream 2 reseeded per epoch, the augmentation (``training.augment``,
+    training batches only) from stream 3. Early stopping on the validation loss; the
     weights of the best epoch are saved. Empty jets are left out of training.
     """
     from hepnn.train import _seed
@@ -208,6 +281,8 @@ def train_tagger(
             msg = f"taggers.{name}: cannot build {spec.arch!r} with params {spec.params}: {exc}"
             raise ConfigError(msg) from None
         order = torch.Generator().manual_seed(_seed(t.seed, 1, 0))
+        augmenter = SequenceAugmenter.build(t.augment, prep)
+        augment_rng = torch.Generator().manual_seed(_seed(t.seed, 3, 0))
         opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         sched = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -226,8 +301,9 @@ def train_tagger(
             total = 0.0
             for start in range(0, len(perm), t.batch_size):
                 idx = perm[start : start + t.batch_size]
+                xb = x_tr[idx] if augmenter is None else augmenter(x_tr[idx], augment_rng)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x_tr[idx]), y_tr[idx])
+                loss = loss_fn(model(xb), y_tr[idx])
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)

@@ -62,7 +62,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import awkward as ak
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 
 from hepnn import __version__
@@ -171,8 +178,24 @@ class TaggerSplit(_Strict):
         return v
 
 
+class SequenceAugment(_Strict):
+    """Random symmetry transformations of the training jets' constituents (sequence taggers).
+
+    Both act on the (Δη, Δφ) of every constituent of a jet together, drawn anew for
+    every jet in every epoch; pT, energies and ΔR are unchanged. Validation, test and
+    applied scores never see them.
+    """
+
+    rotate: bool = Field(False, description="rotate (Δη, Δφ) about the jet axis by a uniform angle")
+    reflect: bool = Field(False, description="Δη → −Δη and Δφ → −Δφ, each with probability 1/2")
+
+    @property
+    def active(self) -> bool:
+        return self.rotate or self.reflect
+
+
 class TaggerTraining(_Strict):
-    """Optimiser, early stopping and split of one tagger."""
+    """Optimiser, early stopping, augmentation and split of one tagger."""
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -183,9 +206,10 @@ class TaggerTraining(_Strict):
     )
     lr_factor: float = Field(1.0, gt=0, le=1, description="ReduceLROnPlateau factor; 1 = constant")
     lr_patience: int = Field(3, ge=0)
-    seed: int = Field(1234, ge=0, description="weights, batch order and dropout masks")
+    seed: int = Field(1234, ge=0, description="weights, batch order, dropout and augmentation")
     threads: int = Field(1, ge=1, description="intra-op threads (pinned: they change the bits)")
     split: TaggerSplit = Field(default_factory=TaggerSplit)
+    augment: SequenceAugment = Field(default_factory=SequenceAugment)
 
 
 class TaggerSpec(_Strict):
@@ -213,6 +237,17 @@ class TaggerSpec(_Strict):
             msg = f"params must not set {', '.join(sorted(derived))}: they follow from the inputs"
             raise ValueError(msg)
         return v
+
+    @model_validator(mode="after")
+    def _augment_needs_angles(self) -> TaggerSpec:
+        aug = self.training.augment
+        if aug.active and self.kind != "sequence":
+            msg = "training.augment applies to sequence taggers (images are already canonicalised)"
+            raise ValueError(msg)
+        if aug.rotate and len({"deta", "dphi"} & set(self.sequence.features)) == 1:
+            msg = "training.augment.rotate needs both deta and dphi (or neither) in the features"
+            raise ValueError(msg)
+        return self
 
     @property
     def arch(self) -> str:
@@ -765,6 +800,7 @@ __all__ = [
     "ImageSettings",
     "JetBatch",
     "LoadedTagger",
+    "SequenceAugment",
     "SequenceSettings",
     "TaggerMap",
     "TaggerPrep",

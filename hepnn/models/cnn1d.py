@@ -28,7 +28,7 @@ from hepnn.models.mlp import ACTIVATIONS
 from hepnn.models.registry import register
 
 #: Global pooling operations over the real constituents.
-POOLINGS = ("mean", "max", "sum")
+POOLINGS = ("mean", "max", "sum", "weighted")
 #: ``sum`` pooling is divided by this constant (a typical multiplicity) to keep
 #: the dense layers' inputs O(1); it keeps the multiplicity information that
 #: ``mean`` discards.
@@ -48,6 +48,15 @@ class CNN1D(nn.Module):
     one acts on the input features, never on the mask channel). No batch
     normalisation.
 
+    ``weighted`` pooling is a softmax-weighted sum over the real constituents,
+    ``sum_i w_i h_i`` with ``w_i = softmax_i(a · x_i + b)`` and ``x_i`` the
+    constituent's input features (one extra [Dropout -> Conv1d(F, 1, 1)] layer).
+    With log-pT inputs the weights can become exactly ``pT_i^k / sum_j pT_j^k``,
+    so ``k = 1`` gives energy-flow sums ``sum_i z_i Φ(Δη_i, Δφ_i)`` (EFN,
+    arXiv:1810.05165): the jet mass, ``m² / pT² ≈ sum z r² - |sum z r|²``, is then
+    a function of three pooled values, while unweighted pools would have to learn
+    the product of pT and angles constituent by constituent.
+
     Parameters
     ----------
     n_features
@@ -63,7 +72,7 @@ class CNN1D(nn.Module):
     pooling
         Global pooling over real constituents: names from :data:`POOLINGS`
         joined by ``_``, concatenated in that order (default ``"mean_max"``;
-        ``"mean_max_sum"`` also keeps the multiplicity).
+        ``"mean_max_sum"`` also keeps the multiplicity; ``weighted`` see above).
     dropout, conv_dropout, input_dropout
         Rates before dense layers, before convolutions (default ``dropout``)
         and on the input features (default ``conv_dropout``).
@@ -114,6 +123,12 @@ class CNN1D(nn.Module):
             nn.Conv1d(a, b, kernel_size, padding=kernel_size // 2)
             for a, b in itertools.pairwise(chans)
         )
+        # The weighted pool's score layer sees the input features, so its
+        # dropout has the input rate.
+        self.score_dropouts = nn.ModuleList([nn.Dropout(p_in)] if "weighted" in pools else [])
+        self.scores = nn.ModuleList(
+            [nn.Conv1d(self.n_features, 1, 1)] if "weighted" in pools else []
+        )
         n = filt[-1] * len(pools)
         sizes = [n, *widths, 1]
         self.dense_dropouts = nn.ModuleList(nn.Dropout(p) for _ in range(len(sizes) - 1))
@@ -122,19 +137,20 @@ class CNN1D(nn.Module):
     @property
     def dropouts(self) -> list[nn.Module]:
         """The dropout layers, in order; ``dropouts[i]`` acts right before ``weight_layers[i]``."""
-        return [*self.conv_dropouts, *self.dense_dropouts]
+        return [*self.conv_dropouts, *self.score_dropouts, *self.dense_dropouts]
 
     @property
     def weight_layers(self) -> list[nn.Module]:
         """The Conv1d and Linear layers, in order."""
-        return [*self.convs, *self.linears]
+        return [*self.convs, *self.scores, *self.linears]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != self.n_features + 1:
             msg = f"expected input (N, {self.n_features} + 1, P) with the mask last, got {tuple(x.shape)}"
             raise ValueError(msg)
         mask = x[:, -1:, :]
-        h = x[:, :-1, :] * mask  # padded slots are 0 whatever the caller left there
+        feats = x[:, :-1, :] * mask  # padded slots are 0 whatever the caller left there
+        h = feats
         for drop, conv in zip(self.conv_dropouts, self.convs, strict=True):
             h = self.activation(conv(drop(h))) * mask
         n_real = mask.sum(dim=2)
@@ -145,6 +161,13 @@ class CNN1D(nn.Module):
                 parts.append(total / n_real.clamp(min=1.0))
             elif q == "sum":
                 parts.append(total * (1.0 / SUM_SCALE))
+            elif q == "weighted":
+                score = self.scores[0](self.score_dropouts[0](feats))
+                score = score.masked_fill(mask == 0, torch.finfo(h.dtype).min)
+                # softmax over the constituent axis; padded slots get weight 0
+                # (exp(min - max) underflows), an empty jet all-equal weights on h = 0.
+                w = torch.softmax(score, dim=2) * mask
+                parts.append((h * w).sum(dim=2))
             else:
                 # Masked max over real constituents (padded slots filled with the
                 # lowest float); a jet without constituents gets 0.
