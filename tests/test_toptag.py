@@ -235,11 +235,14 @@ def test_bad_constituents_fail_naming_file_entry_branch(
 
 @pytest.mark.slow
 def test_full_training_reaches_target_auc(tmp_path: Path) -> None:
-    """The shipped config (30 epochs, early stopping): cnn2d AUC >= 0.94 on the held-out jets."""
+    """The shipped config: both taggers reach their target AUC on the held-out jets."""
     cfg = load_config(TOPTAG, NO_PLOTS)
     run_config(cfg, tmp_path, progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     cnn2d = metrics["taggers"]["cnn2d"]["datasets"]["toptag"]
     assert cnn2d["evaluated_on"].startswith("test split")
     assert cnn2d["auc"] >= 0.94
-    assert metrics["taggers"]["cnn1d"]["datasets"]["toptag"]["auc"] >= 0.90
+    cnn1d = metrics["taggers"]["cnn1d"]["datasets"]["toptag"]
+    assert cnn1d["auc"] >= 0.94
+    gbt = metrics["tagger_baselines"]["gbt_mass_nconst_ptd"]["datasets"]["toptag"]
+    assert gbt["jets"] == cnn2d["jets"] == cnn1d["jets"]  # the baselines see the same jets
