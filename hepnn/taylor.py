@@ -27,10 +27,9 @@ Two ways to compute the coefficients:
 * a generic autograd path for any differentiable model whose events are
   independent (eval mode): one graph per chunk, derivatives of the *sum over
   events* of each lower-order derivative (valid because event k's output depends
-  on event k's input only); the Hessian-vector products for all features run
-  as one ``torch.func.vmap``-batched backward pass per cache-sized batch, so
-  the work grows with the number of features (second order) or feature pairs
-  (third order), not with the number of events (:mod:`hepnn.taylor_autograd`);
+  on event k's input only), so the number of backward passes is the number of
+  features (second order) or feature pairs (third order), not the number of
+  events (:mod:`hepnn.taylor_autograd`);
 * a closed-form path for :class:`hepnn.models.MLP` with elementwise
   activations, written by hand as batched matrix products
   (:mod:`hepnn.taylor_mlp`, see its ``_mlp_logit_derivatives``). Autograd

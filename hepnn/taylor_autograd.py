@@ -1,33 +1,18 @@
 """Generic autograd path of :mod:`hepnn.taylor`: logit derivatives of any model.
 
 Works for any differentiable model whose events are independent (eval mode):
-derivatives are taken of the *sum over events* of each lower-order derivative
-(valid because event k's output depends on event k's input only), so the
-number of backward passes is the number of features (second order) or feature
-pairs (third order), not the number of events.
-
-The Hessian-vector products use :mod:`torch.func`: ``vjp`` of the gradient
-function keeps one forward + first-backward graph per batch, and ``vmap`` over
-the one-hot seeds runs all of a batch's Hessian rows as one batched backward
-pass (large matrix products instead of one small backward per feature).
-``torch.autograd.grad(..., is_grads_batched=True)`` would do the same but uses
-the legacy vmap, which falls back to a Python-level loop for ``tanh_backward``
-and is ~15% slower; one ``autograd.grad`` per feature is ~30% slower.
+one graph per chunk, derivatives of the *sum over events* of each lower-order
+derivative (valid because event k's output depends on event k's input only),
+so the number of backward passes is the number of features (second order) or
+feature pairs (third order), not the number of events.
 
 Private helpers; the public API is :mod:`hepnn.taylor`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
-from torch.func import grad, vjp, vmap
-
-# Rows (events x seeds) per batched backward pass: ~4k rows keep a 128-wide
-# layer's activations (~2 MB) in cache; 2k-8k were within 10% on 30 inputs.
-ROWS_PER_BATCH = 4096
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -42,66 +27,37 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _seeds(eye: torch.Tensor, idx: list[int], x: torch.Tensor) -> torch.Tensor:
-    """One-hot cotangents ``(len(idx), *x.shape)``: seed ``i`` is ``e_idx[i]`` for every event."""
-    return eye[idx].reshape(len(idx), 1, *x.shape[1:]).expand(len(idx), *x.shape)
-
-
-def _derivatives(
-    model: nn.Module, x: torch.Tensor, feats: list[int], top: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Derivatives up to order ``top`` for one batch (see :func:`_autograd_logit_derivatives`)."""
-    n_ev = x.shape[0]
-
-    def total(xx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = _logits(model, xx)
-        return s.sum(), s
-
-    grad_fn: Callable = grad(total, has_aux=True)
-    if top == 1:
-        g_full, s = grad_fn(x)
-        return s, g_full.reshape(n_ev, -1)[:, feats], None, None
-
-    n_in = x[0].numel()
-    eye = torch.eye(n_in, dtype=x.dtype, device=x.device)
-    g_full, hvp, s = vjp(grad_fn, x, has_aux=True)
-    g = g_full.reshape(n_ev, -1)[:, feats]
-    if top == 2:
-        # all Hessian rows a in feats at once: (F, N, ...) -> (N, F, F)
-        (rows,) = vmap(hvp)(_seeds(eye, feats, x))
-        hess = rows.reshape(len(feats), n_ev, n_in)[:, :, feats].transpose(0, 1)
-        return s, g, hess, None
-
-    # third order: for each a, the graph of Hessian row a; its vjp with e_b
-    # (b >= a, batched) is d/dx of H_ab, from which c >= b is kept
-    rows, cols = [], []
-    for pa, a in enumerate(feats):
-        seed_a = _seeds(eye, [a], x)[0]
-
-        def row(xx: torch.Tensor, seed_a: torch.Tensor = seed_a) -> torch.Tensor:
-            return vjp(grad_fn, xx, has_aux=True)[1](seed_a)[0]
-
-        row_a, row_vjp = vjp(row, x)
-        rows.append(row_a.reshape(n_ev, n_in)[:, feats])
-        (tab,) = vmap(row_vjp)(_seeds(eye, feats[pa:], x))
-        tab = tab.reshape(len(feats) - pa, n_ev, n_in)
-        cols.extend(tab[pb - pa][:, feats[pb:]] for pb in range(pa, len(feats)))
-    return s, g, torch.stack(rows, dim=1), torch.cat(cols, dim=1)
+def _grad(
+    out: torch.Tensor, x: torch.Tensor, *, create_graph: bool, seed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Vector-Jacobian product ``seed . d out / d x``; zeros where ``out`` does not depend on ``x``."""
+    if not out.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(
+        out,
+        x,
+        grad_outputs=seed,
+        create_graph=create_graph,
+        retain_graph=True,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+    return g
 
 
 def _autograd_logit_derivatives(
     model: nn.Module, x: torch.Tensor, feats: list[int], top: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Logit derivatives by nested :mod:`torch.func` transforms, in cache-sized batches.
+    """Logit derivatives by nested autograd on one graph per chunk.
 
-    Events are independent, so the vector-Jacobian product of ``d/dx sum_k
-    f(x_k)`` with a one-hot seed ``e_a`` is row ``a`` of every event's Hessian.
-    Second order: one batched backward pass over all seeds ``a`` in ``feats``;
-    third order: per ``a``, the graph of Hessian row ``a`` and one batched pass
-    over the seeds ``b >= a``. The chunk is cut into batches of
-    ``ROWS_PER_BATCH // n_seeds`` events (4x that for third order). The logit, not the sigmoid, is
-    differentiated; the output function is applied in closed form by
-    :func:`hepnn.taylor_mlp._output_chain` (shorter graphs, ~15% faster).
+    Events are independent, so ``d/dx sum_k f(x_k)`` is the per-event gradient
+    of ``f`` for every event at once: the backward pass of ``ds/dx_a`` with a
+    one-hot ``grad_outputs`` is row ``a`` of every event's Hessian. Second
+    order: one backward pass per selected feature through the retained
+    first-order graph (``create_graph=True``); third order: one more per pair
+    ``a <= b`` through the retained second-order graph. The logit, not the
+    sigmoid, is differentiated; the output function is applied in closed form
+    by :func:`hepnn.taylor_mlp._output_chain` (shorter graphs, ~15% faster).
 
     Returns
     -------
@@ -109,19 +65,26 @@ def _autograd_logit_derivatives(
         Logit (N,), gradient (N, n), Hessian (N, n, n) or None, raw third
         derivatives for ``a <= b <= c`` (N, n_triples) or None.
     """
-    # third order: the seeds per pass shrink from F to 1 over the rows a, and each
-    # a rebuilds its row graph, so batches hold 4x the events (measured ~15% faster)
-    rows = ROWS_PER_BATCH * (4 if top == 3 else 1)
-    step = x.shape[0] if top == 1 else max(1, rows // max(1, len(feats)))
-    # outer no_grad: the transforms track x only, no graph for the parameters
-    with torch.no_grad():
-        parts = [_derivatives(model, x[i : i + step], feats, top) for i in range(0, len(x), step)]
-    if len(parts) == 1:
-        return parts[0]
-    s, g, hess, t3 = zip(*parts, strict=True)
-    return (
-        torch.cat(s),
-        torch.cat(g),
-        None if hess[0] is None else torch.cat(hess),
-        None if t3[0] is None else torch.cat(t3),
-    )
+    n_ev = x.shape[0]
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        s = _logits(model, xg)
+        g_full = _grad(s.sum(), xg, create_graph=top > 1).reshape(n_ev, -1)
+        g = g_full[:, feats].detach()
+        if top == 1:
+            return s.detach(), g, None, None
+        # one-hot seeds as broadcast views of an identity (never modified in place:
+        # with create_graph=True a seed can be saved in the graph)
+        eye = torch.eye(g_full.shape[1], dtype=g_full.dtype, device=g_full.device)
+        rows, cols = [], []
+        for pa, a in enumerate(feats):
+            row = _grad(g_full, xg, create_graph=top > 2, seed=eye[a].expand_as(g_full))
+            row = row.reshape(n_ev, -1)
+            rows.append(row[:, feats].detach())
+            # third order from this row's graph, then let it go (one graph alive at a time)
+            for pb in range(pa, len(feats)) if top > 2 else ():
+                seed = eye[feats[pb]].expand_as(g_full)
+                tab = _grad(row, xg, create_graph=False, seed=seed).reshape(n_ev, -1)
+                cols.append(tab[:, feats[pb:]].detach())
+        hess = torch.stack(rows, dim=1)
+        return s.detach(), g, hess, torch.cat(cols, dim=1) if cols else None

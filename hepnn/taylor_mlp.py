@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import grad
 
 from hepnn.models.mlp import MLP
+from hepnn.taylor_autograd import _grad
 
 # Activations the closed-form MLP path accepts: strictly elementwise.
 _ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, nn.Softplus)
@@ -154,12 +154,14 @@ def _activation_derivatives(
     if isinstance(act, nn.ReLU):
         d1 = (z > 0).to(z.dtype)
         return torch.relu(z), [d1] + [torch.zeros_like(z)] * (k - 1)
-    phi = act(z)
-    ds, fn = [], act
-    for _ in range(k):
-        # d/dz sum(fn(z)) is fn' elementwise; recomputing lower orders costs little
-        fn = grad(lambda zz, fn=fn: fn(zz).sum())
-        ds.append(fn(z))
+    with torch.enable_grad():
+        zg = z.detach().requires_grad_(True)
+        cur = act(zg)
+        phi = cur.detach()
+        ds = []
+        for i in range(k):
+            cur = _grad(cur.sum(), zg, create_graph=i < k - 1)
+            ds.append(cur.detach())
     return phi, ds
 
 

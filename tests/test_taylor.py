@@ -310,22 +310,6 @@ def test_fast_path_matches_autograd_random_mlp(random_mlp):
     assert r_slow.method == "autograd"
 
 
-def test_autograd_batches_within_a_chunk(monkeypatch):
-    """The generic path cuts a chunk into batches of seeds x events; any cut agrees."""
-    import hepnn.taylor_autograd as ta
-
-    torch.manual_seed(2)
-    net = MLP(5, [8, 6], activation="tanh").double().eval()
-    x = torch.randn(23, 5, dtype=torch.float64)
-    feats = [4, 0, 2]
-    whole = taylor_coefficients(net, x, (1, 2, 3), features=feats, method="autograd")
-    for rows in (1, 7, 10):  # 1 and 2 events per batch, and a ragged last batch
-        monkeypatch.setattr(ta, "ROWS_PER_BATCH", rows)
-        cut = taylor_coefficients(net, x, (1, 2, 3), features=feats, method="autograd")
-        for o in (1, 2, 3):
-            torch.testing.assert_close(cut[o], whole[o], rtol=1e-12, atol=1e-15)
-
-
 def test_fast_path_third_order_feature_subset(random_mlp):
     x = torch.randn(60, 30)
     feats = [0, 3, 7, 12, 29]
