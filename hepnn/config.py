@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hepnn.errors import ConfigError
 from hepnn.jets.taggers import TaggerMap
@@ -89,6 +97,29 @@ class TaylorConfig(_Strict):
     monitor_events: int = Field(2000, ge=1)
 
 
+class CrossValidationConfig(_Strict):
+    """K-fold cross-validated evaluation of the taggers and baselines (hepnn.jets.tagger_cv).
+
+    Jet ids are hashed into ``folds`` folds from ``seed``; fold k is tested by
+    models trained on the other folds (fold k+1 for early stopping). Evaluation
+    only: the deployed taggers keep their single split.
+    """
+
+    folds: int = Field(5, description="folds (>= 3: one tests, one validates, the rest train)")
+    bootstrap: int = Field(1000, ge=10, description="paired bootstrap resamples of the jets")
+    seed: int | None = Field(
+        None, ge=0, description="fold assignment and bootstrap; default: the config seed"
+    )
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v < 3:
+            msg = "must be at least 3: fold k tests, fold k+1 validates, the other folds train"
+            raise ValueError(msg)
+        return v
+
+
 class Config(_Strict):
     """The validated content of one ``configs/*.yaml``."""
 
@@ -108,6 +139,9 @@ class Config(_Strict):
         default_factory=dict, description="jet taggers to train and apply (hepnn.jets.taggers)"
     )
     taylor: TaylorConfig | None = None
+    cross_validation: CrossValidationConfig | None = Field(
+        None, description="k-fold evaluation of the taggers (off unless configured)"
+    )
     uncertainty: UncertaintyConfig = UncertaintyConfig()
     _source: Path | None = PrivateAttr(default=None)
 
@@ -118,6 +152,13 @@ class Config(_Strict):
             msg = "must name a workflow"
             raise ValueError(msg)
         return v
+
+    @model_validator(mode="after")
+    def _cross_validation_needs_taggers(self) -> Config:
+        if self.cross_validation is not None and not any(t.train for t in self.taggers.values()):
+            msg = "cross_validation needs at least one tagger to train (taggers: ...)"
+            raise ValueError(msg)
+        return self
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:

@@ -214,6 +214,21 @@ def run_config(
     )
     metrics.update(tagger_metrics)
     files += tagger_files
+    if cfg.cross_validation is not None and models_dir is None:
+        # Evaluation only (hepnn.jets.tagger_cv): trains K models per tagger, saves none.
+        from hepnn.jets.tagger_cv import cross_validate
+
+        cv_metrics, cv_files = cross_validate(
+            cfg,
+            datasets,
+            outdir,
+            test=test,
+            progress=progress,
+            plots=cfg.outputs.plots,
+            formats=cfg.outputs.plot_formats,
+        )
+        metrics["cross_validation"] = cv_metrics
+        files += cv_files
     if cfg.taylor is not None and taggers:
         from hepnn.jets.tagger_taylor import tagger_taylor_maps
 

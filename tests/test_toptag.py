@@ -37,9 +37,10 @@ def _columns(out: Path, dataset: str) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A toptag run training both taggers for two epochs (block 400, one chunk)."""
+    """A toptag run training both taggers for two epochs (block 400, one chunk), 3-fold CV."""
     out = tmp_path_factory.mktemp("toptag")
-    cfg = load_config(TOPTAG, [*QUICK, "outputs.plot_formats=[png]"])
+    cv = ["cross_validation.folds=3", "cross_validation.bootstrap=100"]
+    cfg = load_config(TOPTAG, [*QUICK, *cv, "outputs.plot_formats=[png]"])
     run_config(cfg, out, progress=False)
     return out
 
@@ -77,6 +78,29 @@ def test_run_writes_documented_outputs(trained: Path) -> None:
     assert set(manifest["taggers"]) == {"cnn2d", "cnn1d"}
 
 
+def test_cross_validation_block(trained: Path) -> None:
+    """Out-of-fold metrics of every jet beside the single split; CV models are not deployed."""
+    cv = json.loads((trained / "metrics.json").read_text())["cross_validation"]
+    assert cv["folds"] == 3
+    assert cv["n_jets"] == sum(cv["fold_jets"]) == 1600
+    assert list(cv["classifiers"]) == ["cnn2d", "cnn1d", "mass", "gbt_mass_nconst_ptd"]
+    for entry in cv["classifiers"].values():
+        assert entry["jets"] == 1600
+        assert 0.8 < entry["auc"] <= 1.0
+        assert len(entry["fold_auc"]) == 3
+    for name in ("cnn2d", "cnn1d"):
+        d = cv["auc_difference_to_gbt"][name]
+        gbt = cv["classifiers"]["gbt_mass_nconst_ptd"]["auc"]
+        assert d["difference"] == pytest.approx(cv["classifiers"][name]["auc"] - gbt)
+        assert 0 < d["standard_error"] < 0.05
+        assert d["resamples"] == 100
+    table = pq.read_table(trained / "cross_validation" / "scores.parquet")
+    assert table.num_rows == 1600
+    assert sorted(set(table["fold"].to_pylist())) == [0, 1, 2]
+    assert (trained / "plots" / "roc_taggers_cross_validation.png").stat().st_size > 5_000
+    assert sorted(p.name for p in (trained / "models").iterdir()) == ["cnn1d", "cnn2d"]
+
+
 def test_taylor_maps_of_both_taggers(trained: Path) -> None:
     """First-order Taylor maps: a per-pixel image for cnn2d, per-feature ranking for cnn1d."""
     assert (trained / "ranking" / "cnn2d_taylor_map.png").stat().st_size > 5000
@@ -101,6 +125,8 @@ def test_models_reuse_is_bitwise_identical_for_any_chunking(trained: Path, tmp_p
         summary = run_config(cfg, tmp_path / name, progress=False, models_dir=trained / "models")
         assert summary.result.n_chunks > 1
         assert not (tmp_path / name / "models").exists()  # nothing trained
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert "cross_validation" not in metrics  # --models applies only, no CV retraining
         cols = _columns(tmp_path / name, "toptag")
         for key in ("event", "score_cnn2d", "score_cnn1d"):
             assert np.array_equal(cols[key], ref[key]), (name, key)
@@ -246,3 +272,9 @@ def test_full_training_reaches_target_auc(tmp_path: Path) -> None:
     assert cnn1d["auc"] >= 0.94
     gbt = metrics["tagger_baselines"]["gbt_mass_nconst_ptd"]["datasets"]["toptag"]
     assert gbt["jets"] == cnn2d["jets"] == cnn1d["jets"]  # the baselines see the same jets
+    cv = metrics["cross_validation"]
+    assert cv["folds"] == 5
+    assert cv["n_jets"] == 1600
+    for name in ("cnn2d", "cnn1d"):
+        assert cv["classifiers"][name]["auc"] >= 0.94
+        assert 0 < cv["auc_difference_to_gbt"][name]["standard_error"] < 0.02

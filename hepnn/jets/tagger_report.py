@@ -128,6 +128,9 @@ def _plot_rocs(
     aucs: dict[str, float],
     plot_dir: Path,
     formats: list[str],
+    *,
+    stem: str | None = None,
+    title: str | None = None,
 ) -> list[Path]:
     import matplotlib.pyplot as plt
 
@@ -142,9 +145,9 @@ def _plot_rocs(
     ax.set_xlim(0, 1)
     ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
     ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
-    ax.set_title(f"{dataset}: held-out jets", loc="left")
+    ax.set_title(title or f"{dataset}: held-out jets", loc="left")
     ax.legend()
-    return save_figure(fig, plot_dir / f"roc_taggers_{dataset}", formats)
+    return save_figure(fig, plot_dir / (stem or f"roc_taggers_{dataset}"), formats)
 
 
 def tagger_outputs(

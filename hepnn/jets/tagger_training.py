@@ -229,40 +229,63 @@ def _data_hash(raw: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def train_tagger(
+@dataclass
+class FittedTagger:
+    """A trained network (best epoch, eval mode) with its fitted preprocessing and history."""
+
+    model: nn.Module
+    prep: TaggerPrep
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def fit_tagger(
     name: str,
     spec: TaggerSpec,
-    datasets: dict[str, Dataset],
-    outdir: Path,
+    raw: np.ndarray,
+    labels: np.ndarray,
+    split: np.ndarray,
+    usable: np.ndarray,
     *,
     progress: bool = True,
-) -> Path:
-    """Train tagger ``name`` on the datasets' jets and save it to ``outdir``.
+) -> FittedTagger:
+    """Train ``spec``'s network on the :data:`TRAIN` jets, early stopping on the :data:`VAL` jets.
 
     Seeded and bitwise reproducible (one intra-op thread by default): the weights
     from ``(seed, stream 0)``, the batch order from stream 1, the dropout masks
     from stream 2 reseeded per epoch, the augmentation (``training.augment``,
-    training batches only) from stream 3. Early stopping on the validation loss; the
-    weights of the best epoch are saved. Empty jets are left out of training.
+    training batches only) from stream 3. The weights of the best epoch are kept.
+
+    Parameters
+    ----------
+    name
+        For messages and the progress bar.
+    spec
+        The tagger's settings (architecture, inputs, training).
+    raw
+        Unnormalised inputs of every jet (:meth:`TaggerPrep.raw`).
+    labels
+        0/1 label of every jet.
+    split
+        :data:`TRAIN` / :data:`VAL` / :data:`TEST` code of every jet; test jets are not touched.
+    usable
+        Jets that may be used (not empty).
+    progress
+        Show a bar over the epochs.
     """
     from hepnn.train import _seed
 
     t = spec.training
-    jets = read_training_jets(name, spec, datasets)
-    settings = spec.input_settings()
-    raw = TaggerPrep(spec.kind, settings).raw(jets.batch)
-    split = split_codes(jets.ids, t.split)
-    usable = ~jets.batch.empty
-    tr, va, te = ((split == c) & usable for c in (TRAIN, VAL, TEST))
+    tr, va = ((split == c) & usable for c in (TRAIN, VAL))
     for what, m in (("training", tr), ("validation", va)):
-        if len(np.unique(jets.labels[m])) < 2:
+        if len(np.unique(labels[m])) < 2:
             msg = f"taggers.{name}: the {what} split needs signal and background jets ({int(m.sum())} jets)"
             raise InputError(msg)
-    prep = TaggerPrep.fit(spec.kind, settings, raw[tr])
-    x = torch.from_numpy(np.ascontiguousarray(prep.transform(raw)))
-    y = torch.from_numpy(jets.labels.astype(np.float32))
-    x_tr, y_tr = x[torch.from_numpy(tr)], y[torch.from_numpy(tr)]
-    x_va, y_va = x[torch.from_numpy(va)], y[torch.from_numpy(va)]
+    prep = TaggerPrep.fit(spec.kind, spec.input_settings(), raw[tr])
+    x_tr = torch.from_numpy(np.ascontiguousarray(prep.transform(raw[tr])))
+    x_va = torch.from_numpy(np.ascontiguousarray(prep.transform(raw[va])))
+    y = torch.from_numpy(labels.astype(np.float32))
+    y_tr, y_va = y[torch.from_numpy(tr)], y[torch.from_numpy(va)]
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -335,10 +358,34 @@ def train_tagger(
         bar.update(task, completed=t.epochs)
     model.load_state_dict(best[2])
     model.eval()
-    test_logits = _forward(model, x[torch.from_numpy(te)].numpy(), TAGGER_MICRO_BATCH)
-    at_best = history[best[1] - 1]
+    return FittedTagger(model, prep, history, best[1])
+
+
+def train_tagger(
+    name: str,
+    spec: TaggerSpec,
+    datasets: dict[str, Dataset],
+    outdir: Path,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Train tagger ``name`` on the datasets' jets (:func:`fit_tagger`) and save it to ``outdir``.
+
+    The jets are split by :func:`~hepnn.jets.taggers.split_codes`; empty jets are
+    left out of training. The test AUC is recorded in ``model.json``.
+    """
+    jets = read_training_jets(name, spec, datasets)
+    raw = TaggerPrep(spec.kind, spec.input_settings()).raw(jets.batch)
+    split = split_codes(jets.ids, spec.training.split)
+    usable = ~jets.batch.empty
+    fitted = fit_tagger(name, spec, raw, jets.labels, split, usable, progress=progress)
+    model, prep, history = fitted.model, fitted.prep, fitted.history
+    tr, va, te = ((split == c) & usable for c in (TRAIN, VAL, TEST))
+    x_te = np.ascontiguousarray(prep.transform(raw[te]))
+    test_logits = _forward(model, x_te, TAGGER_MICRO_BATCH)
+    at_best = history[fitted.best_epoch - 1]
     metrics = {
-        "best_epoch": best[1],
+        "best_epoch": fitted.best_epoch,
         "epochs_run": len(history),
         "val_loss": at_best["val_loss"],
         "val_auc": at_best["val_auc"],
@@ -385,6 +432,12 @@ def find_tagger(name: str, models_dir: Path, spec: TaggerSpec) -> Path:
     return path
 
 
+def quick_spec(spec: TaggerSpec) -> TaggerSpec:
+    """``spec`` capped at two epochs: a smoke run (``test``) that exercises everything."""
+    training = spec.training.model_copy(update={"epochs": min(2, spec.training.epochs)})
+    return spec.model_copy(update={"training": training})
+
+
 def prepare_taggers(
     cfg: Config,
     datasets: dict[str, Dataset],
@@ -409,9 +462,6 @@ def prepare_taggers(
         if models_dir is not None:
             out[name] = find_tagger(name, Path(models_dir), spec)
         elif spec.train:
-            run_spec = spec
-            if test:  # smoke run: a couple of epochs exercise everything
-                training = spec.training.model_copy(update={"epochs": min(2, spec.training.epochs)})
-                run_spec = spec.model_copy(update={"training": training})
+            run_spec = quick_spec(spec) if test else spec
             out[name] = train_tagger(name, run_spec, datasets, outdir / "models", progress=progress)
     return out

@@ -39,6 +39,8 @@ not exactly); ``parity`` tests on odd events and splits the even ones into
 train / validation by the same hash. Early stopping uses the validation jets;
 metrics use only test jets of the datasets the tagger trained on (matched by
 the content hash of their files), and every jet of other datasets.
+With ``cross_validation:`` in the config, a run also scores every jet out of
+fold, K models per tagger trained for evaluation only (:mod:`hepnn.jets.tagger_cv`).
 
 Determinism: one pinned intra-op thread and fixed-size zero-padded micro-batches
 (:func:`hepnn.inference.padded_apply`), the model cached once per process in
