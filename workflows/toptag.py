@@ -37,6 +37,7 @@ import numpy as np
 
 from hepnn.columns import Columns
 from hepnn.errors import InputError
+from hepnn.jets.tagger_report import baseline_columns
 from hepnn.jets.taggers import apply_taggers, fatjet_batch, jet_labels
 from hepnn.schemas import NanoSchema
 from hepnn.workflow import Workflow
@@ -124,9 +125,7 @@ class TopTag(Workflow):
             "label": labels.astype(np.int8),
             "jet_pt": batch.pt.astype(np.float32),
             "jet_eta": batch.eta.astype(np.float32),
-            "jet_mass": batch.mass.astype(np.float32),
-            "n_constituents": n_const.astype(np.int32),
-            "jet_ptd": batch.ptd.astype(np.float32),
+            **baseline_columns(batch),
             "empty": empty,
             **{f"score_{name}": score for name, score in scores.items()},
         }

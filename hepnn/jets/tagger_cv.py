@@ -30,11 +30,11 @@ import numpy as np
 
 from hepnn.errors import ConfigError, InputError
 from hepnn.jets.tagger_report import (
-    GBT_FEATURES,
     GBT_NAME,
     _gbt,
     _plot_rocs,
     _roc,
+    baseline_columns,
     classifier_metrics,
 )
 from hepnn.jets.tagger_training import TrainingJets, fit_tagger, quick_spec, read_training_jets
@@ -126,13 +126,7 @@ def cross_validated_scores(
     folds = int(fold.max()) + 1
     usable = ~jets.batch.empty
     raws = {n: TaggerPrep(s.kind, s.input_settings()).raw(jets.batch) for n, s in specs.items()}
-    # The baseline inputs as the toptag workflow writes them (float32 columns).
-    features = {
-        "jet_mass": jets.batch.mass.astype(np.float32),
-        "n_constituents": jets.batch.n_constituents.astype(np.int32),
-        "jet_ptd": jets.batch.ptd.astype(np.float32),
-    }
-    assert set(features) == set(GBT_FEATURES)
+    features = baseline_columns(jets.batch)
     scores = {n: np.full(len(fold), np.nan) for n in specs}
     scores[MASS_NAME] = features["jet_mass"].astype(np.float64)
     scores[GBT_NAME] = np.full(len(fold), np.nan)

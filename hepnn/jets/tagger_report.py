@@ -31,6 +31,7 @@ from hepnn.metrics import auc
 
 if TYPE_CHECKING:
     from hepnn.columns import Columns
+    from hepnn.jets.taggers import JetBatch
     from hepnn.samples import Dataset
 
 #: Signal efficiency at which the background rejection is quoted.
@@ -40,6 +41,19 @@ GBT_FEATURES = ("jet_mass", "n_constituents", "jet_ptd")
 GBT_NAME = "gbt_mass_nconst_ptd"
 #: ε_S bins of the ``roc_taggers`` histogram.
 ROC_BINS = 200
+
+
+def baseline_columns(batch: JetBatch) -> dict[str, np.ndarray]:
+    """The :data:`GBT_FEATURES` of every jet, as the toptag workflow writes them as columns.
+
+    One definition for the columns the baselines read and for the cross-validation
+    (:mod:`hepnn.jets.tagger_cv`), so both fit the GBT on the same float32 values.
+    """
+    return {
+        "jet_mass": batch.mass.astype(np.float32),
+        "n_constituents": batch.n_constituents.astype(np.int32),
+        "jet_ptd": batch.ptd.astype(np.float32),
+    }
 
 
 def classifier_metrics(
