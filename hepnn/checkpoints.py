@@ -37,7 +37,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from hepnn.outputs import atomic_write
+from hepnn.files import atomic_write
 
 CHECKPOINT_DIR = ".checkpoints"
 FINGERPRINT_FILE = "fingerprint.json"

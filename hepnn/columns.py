@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hepnn.outputs import atomic_path
+from hepnn.files import atomic_path
 
 
 class Columns:

@@ -73,7 +73,7 @@ import numpy as np
 import uproot
 
 from hepnn.errors import InputError
-from hepnn.outputs import atomic_path
+from hepnn.files import atomic_path
 from hepnn.progress import step_progress
 
 TREENAME = "Events"

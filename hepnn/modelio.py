@@ -49,8 +49,8 @@ from torch import nn
 from hepnn import __version__
 from hepnn.errors import ModelError
 from hepnn.features import FeaturePrep
+from hepnn.files import atomic_bytes
 from hepnn.models import build
-from hepnn.outputs import atomic_bytes
 
 MODEL_JSON = "model.json"
 FORMAT = "hepnn-model"

@@ -1,4 +1,4 @@
-"""Writing a run's outputs atomically.
+"""Writing a run's histograms: ``hists.pkl`` and ``hists.root``.
 
 Every file is written to a temporary name in the same folder and renamed into
 place, so an interrupted run never leaves a half-written file under the final
@@ -11,73 +11,17 @@ loadable with ``pickle`` and ``hist`` alone. Unpickle only files you trust.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
 import pickle
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import hist
-import numpy as np
 import uproot
 
+from hepnn.files import atomic_path, atomic_write
+
 MANIFEST = "manifest.json"
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield an unused temporary path beside ``path``; rename it onto ``path`` on success.
-
-    The caller creates the file (so it gets the normal umask permissions, unlike
-    :func:`tempfile.mkstemp`'s 0600). On any error the temporary file is removed
-    and ``path`` is left as it was. This is the one way hepnn writes files.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` atomically with ``writer(fileobj)`` (fsynced before the rename)."""
-    with atomic_path(path) as tmp, tmp.open("xb") as fh:
-        writer(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def atomic_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    atomic_write(path, lambda fh: fh.write(data))
-
-
-def atomic_text(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: Path, data: Any) -> None:
-    blob = json.dumps(data, indent=2, sort_keys=False, default=_json_default).encode()
-    atomic_write(path, lambda fh: fh.write(blob + b"\n"))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer | np.floating):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    msg = f"not JSON serialisable: {type(obj).__name__}"
-    raise TypeError(msg)
 
 
 def write_pickle(path: Path, hists: dict[str, hist.Hist]) -> None:
@@ -150,14 +94,6 @@ def write_root(
         for name, h in objs.items():
             f[name] = h
     return list(objs)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def start_outdir(outdir: Path) -> None:

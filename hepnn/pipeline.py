@@ -21,16 +21,9 @@ import yaml
 from hepnn.config import Config, config_hash, config_source, resolved_dict
 from hepnn.errors import AccountingError
 from hepnn.execution import RunResult, run_workflow
+from hepnn.files import atomic_write, sha256_file, write_json
 from hepnn.networks import prepare_networks, rank_networks
-from hepnn.outputs import (
-    MANIFEST,
-    atomic_write,
-    file_sha256,
-    start_outdir,
-    write_json,
-    write_pickle,
-    write_root,
-)
+from hepnn.outputs import MANIFEST, start_outdir, write_pickle, write_root
 from hepnn.reporting import band_outputs, network_metrics
 from hepnn.samples import Dataset, load_samples, resolve_samples
 from hepnn.workflow import FoundWorkflow, WorkflowContext, find_workflow
@@ -288,7 +281,7 @@ def run_config(
             for name, acc in result.accounting().items()
         },
         "outputs": {
-            str(f.relative_to(outdir)): file_sha256(f)
+            str(f.relative_to(outdir)): sha256_file(f)
             for f in _all_outputs(outdir, started.timestamp() - 1)
         },
     }

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import mplhep
 import numpy as np
 
-from hepnn.outputs import atomic_path
+from hepnn.files import atomic_path
 
 OVERLAY_AXES = ("process", "dataset")
 BAND_AXES = ("mc", "member", "stat")

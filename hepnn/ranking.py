@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hepnn.outputs import atomic_path, atomic_text
+from hepnn.files import atomic_path, atomic_text
 from hepnn.taylor import TaylorResult, mean_abs_taylor, output_description
 
 __all__ = ["TaylorMonitor", "write_history", "write_ranking"]

@@ -50,9 +50,9 @@ from torch import nn
 
 from hepnn.errors import ConfigError, InputError
 from hepnn.features import FeaturePrep, missing_mask
+from hepnn.files import atomic_text
 from hepnn.modelio import save_model
 from hepnn.models import available, build
-from hepnn.outputs import atomic_text
 from hepnn.variables import score_models, torch_threads
 
 #: ``epoch_callback(epoch, model, prep)``: called after an epoch with the

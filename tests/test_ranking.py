@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from hepnn.files import atomic_path, atomic_text
 from hepnn.models import MLP
-from hepnn.outputs import atomic_path, atomic_text
 from hepnn.ranking import TaylorMonitor, write_history, write_ranking
 from hepnn.taylor import TaylorResult, mean_abs_taylor
 

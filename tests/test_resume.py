@@ -225,7 +225,7 @@ def test_interrupted_run_leaves_no_manifest_nor_partial_pickle(
 
     # interrupted while writing hists.pkl: nothing half-written under the final name
     import hepnn.pipeline
-    from hepnn.outputs import atomic_write
+    from hepnn.files import atomic_write
 
     def half_write_pickle(path: Path, hists: object) -> None:
         def writer(fh: IO[bytes]) -> None:

@@ -68,7 +68,7 @@ import pyarrow.csv as pa_csv
 import uproot
 
 from hepnn.errors import InputError
-from hepnn.outputs import write_json
+from hepnn.files import write_json
 
 __all__ = [
     "CONVERTER_VERSION",

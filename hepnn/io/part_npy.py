@@ -60,7 +60,7 @@ import numpy as np
 import uproot
 
 from hepnn.errors import InputError
-from hepnn.outputs import write_json
+from hepnn.files import write_json
 
 #: Bump when the converted file's content changes: old cache entries are then ignored.
 CONVERTER_VERSION = 1

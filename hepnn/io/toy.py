@@ -22,7 +22,7 @@ import numpy as np
 import uproot
 from pydantic import BaseModel, ConfigDict, Field
 
-from hepnn.outputs import atomic_path
+from hepnn.files import atomic_path
 
 TREENAME = "Events"
 GENERATOR_VERSION = 1

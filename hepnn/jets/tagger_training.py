@@ -27,6 +27,7 @@ import uproot
 from torch import nn
 
 from hepnn.errors import ConfigError, InputError, ModelError
+from hepnn.files import atomic_bytes
 from hepnn.jets.nanoaod import LAYOUTS
 from hepnn.jets.taggers import (
     TAGGER_KIND,
@@ -47,7 +48,6 @@ from hepnn.jets.taggers import (
 from hepnn.metrics import auc
 from hepnn.modelio import parse_model_json
 from hepnn.models import build
-from hepnn.outputs import atomic_bytes
 from hepnn.variables import torch_threads
 
 if TYPE_CHECKING:

@@ -76,6 +76,7 @@ from torch import nn
 
 from hepnn import __version__
 from hepnn.errors import InputError, ModelError
+from hepnn.files import atomic_bytes, atomic_text
 from hepnn.inference import padded_apply
 from hepnn.jets.constituents import (
     ALL_FEATURES,
@@ -95,7 +96,6 @@ from hepnn.modelio import (
     read_weights,
 )
 from hepnn.models import build
-from hepnn.outputs import atomic_bytes, atomic_text
 from hepnn.variables import INFERENCE_THREADS, _score_lock, get_model, torch_threads
 
 if TYPE_CHECKING:
