@@ -34,9 +34,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
 from hepnn.features import MISSING_VALUE
-from hepnn.inference import MICRO_BATCH, padded_apply
+from hepnn.models.forward import MICRO_BATCH, padded_apply, torch_threads
 from hepnn.train import TrainSettings, train
-from hepnn.variables import network_score, torch_threads
+from hepnn.variables import network_score
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO / "samples" / "higgs_challenge_18k.csv"

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from hepnn.bands import fill_replicas, nominal_hist, replica_hist
-from hepnn.inference import padded_apply
 from hepnn.models import build
+from hepnn.models.forward import padded_apply
 from hepnn.uncertainty import MCDropout
 
 

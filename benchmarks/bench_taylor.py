@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hepnn.inference import padded_apply
 from hepnn.models import MLP
+from hepnn.models.forward import padded_apply
 from hepnn.taylor import mean_abs_taylor, taylor_terms
 
 N_INPUTS = 30

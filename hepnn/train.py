@@ -53,7 +53,8 @@ from hepnn.features import FeaturePrep, missing_mask
 from hepnn.files import atomic_text
 from hepnn.modelio import save_model
 from hepnn.models import available, build
-from hepnn.variables import score_models, torch_threads
+from hepnn.models.forward import torch_threads
+from hepnn.variables import score_models
 
 #: ``epoch_callback(epoch, model, prep)``: called after an epoch with the
 #: model in eval mode; whatever it does to the global RNG or the gradients does

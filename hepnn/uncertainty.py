@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hepnn.errors import ModelError
-from hepnn.inference import MICRO_BATCH, padded_apply
+from hepnn.models.forward import MICRO_BATCH, padded_apply
 from hepnn.models.mlp import MLP
 
 __all__ = [

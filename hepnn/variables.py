@@ -33,7 +33,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
@@ -43,43 +42,25 @@ from torch import nn
 
 from hepnn.errors import ConfigError, InputError, ModelError
 from hepnn.features import FeaturePrep
-from hepnn.inference import MICRO_BATCH, padded_apply
 from hepnn.modelio import LoadedModel, load_from_json, model_json_path, parse_model_json
+from hepnn.models.forward import (
+    INFERENCE_THREADS,
+    MICRO_BATCH,
+    inference_lock,
+    padded_apply,
+    torch_threads,
+)
 
 _T = TypeVar("_T")
 
 #: Number of models kept in the per-process cache.
 CACHE_SIZE = 8
 
-#: Intra-op threads used while scoring (see the module docstring).
-INFERENCE_THREADS = 1
-
 _cache: OrderedDict[tuple[str, str, int, str], tuple[tuple[tuple[int, int], ...], Any]] = (
     OrderedDict()
 )
 _cache_lock = threading.Lock()
-_score_lock = threading.RLock()
 _stats = {"hits": 0, "loads": 0}
-
-
-# ------------------------------------------------------------------ threads
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads, restoring the old count.
-
-    Parameters
-    ----------
-    n
-        Thread count to pin.
-    """
-    old = torch.get_num_threads()
-    if old != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
 
 
 # -------------------------------------------------------------------- cache
@@ -363,7 +344,7 @@ def _routed(
     ``event_ids[e] % k`` (the fold that did not train on it). Runs on the pinned
     inference thread count.
     """
-    with _score_lock, torch_threads(INFERENCE_THREADS):
+    with inference_lock, torch_threads(INFERENCE_THREADS):
         if len(models) == 1:
             return apply(models[0], preps[0].transform(columns))
         ids = _event_ids(columns, event_ids, id_column)

@@ -16,8 +16,8 @@ from torch import nn
 
 import hepnn.uncertainty as unc
 from hepnn.errors import ModelError
-from hepnn.inference import padded_apply
 from hepnn.models import build
+from hepnn.models.forward import padded_apply
 from hepnn.uncertainty import Ensemble, MCDropout, replica_mask, replica_seed
 
 BATCH = 128

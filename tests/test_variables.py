@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from hepnn import variables
 from hepnn.errors import ModelError
 from hepnn.features import MISSING_VALUE, FeaturePrep
 from hepnn.modelio import load_model, save_model
-from hepnn.models import build
+from hepnn.models import build, forward
 from hepnn.variables import cache_info, clear_cache, network_score
 
 PARAMS = {"hidden": [128, 128, 128], "activation": "tanh", "dropout": 0.1}
@@ -280,6 +279,6 @@ def test_broken_model_files_are_one_line_model_errors(tmp_path, parity_model):
 
 def test_thread_pinning_is_in_force():
     seen = []
-    with variables.torch_threads(variables.INFERENCE_THREADS):
+    with forward.torch_threads(forward.INFERENCE_THREADS):
         seen.append(torch.get_num_threads())
     assert seen == [1]

@@ -48,7 +48,7 @@ from hepnn.jets.taggers import (
 from hepnn.metrics import auc
 from hepnn.modelio import parse_model_json
 from hepnn.models import build
-from hepnn.variables import torch_threads
+from hepnn.models.forward import torch_threads
 
 if TYPE_CHECKING:
     from hepnn.config import Config

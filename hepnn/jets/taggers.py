@@ -77,7 +77,6 @@ from torch import nn
 from hepnn import __version__
 from hepnn.errors import InputError, ModelError
 from hepnn.files import atomic_bytes, atomic_text
-from hepnn.inference import padded_apply
 from hepnn.jets.constituents import (
     ALL_FEATURES,
     CHARGE_FEATURES,
@@ -96,7 +95,8 @@ from hepnn.modelio import (
     read_weights,
 )
 from hepnn.models import build
-from hepnn.variables import INFERENCE_THREADS, _score_lock, get_model, torch_threads
+from hepnn.models.forward import INFERENCE_THREADS, inference_lock, padded_apply, torch_threads
+from hepnn.variables import get_model
 
 if TYPE_CHECKING:
     pass
@@ -695,7 +695,7 @@ def _forward(
     def fn(t: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(model(t)) if sigmoid else model(t)
 
-    with _score_lock, torch_threads(INFERENCE_THREADS):
+    with inference_lock, torch_threads(INFERENCE_THREADS):
         return padded_apply(fn, torch.from_numpy(np.ascontiguousarray(x)), batch_size).numpy()
 
 
