@@ -1,31 +1,21 @@
-"""Jet inputs for taggers: images, constituent sequences, NanoAOD constituents.
+"""Jet physics as pure array code: images, constituent sequences, NanoAOD FatJet batches.
 
->>> from hepnn.jets import jet_images, constituent_sequences, read_fatjet_constituents
->>> cons = ak.flatten(read_fatjet_constituents("nano_tt_v15.root"), axis=1)  # jets x constituents
->>> images = jet_images(cons.pt, cons.eta, cons.phi, charge=cons.charge)     # (N, 1, 33, 33)
+>>> from hepnn.jets.batch import fatjet_batch
+>>> from hepnn.jets.images import jet_images
+>>> batch = fatjet_batch(events)                       # jets with their PF constituents
+>>> c = batch.constituents
+>>> images = jet_images(c.pt, c.eta, c.phi, jet_eta=batch.eta, jet_phi=batch.phi)
 
+- :mod:`hepnn.jets.batch` -- :class:`~hepnn.jets.batch.JetBatch` (jets and constituents,
+  flat over events), read from NanoEvents or flat uproot arrays, and per-jet labels.
 - :mod:`hepnn.jets.images` -- centre / rotate / flip / pixelate / normalise, vectorised.
 - :mod:`hepnn.jets.constituents` -- pT-ordered padded sequences and their scaler.
 - :mod:`hepnn.jets.nanoaod` -- FatJet constituents linked by index (NanoAOD v15, PFNano).
 
-Everything is written with numpy/awkward here rather than taken from
+Nothing here knows torch or training: :mod:`hepnn.nets.inputs` turns these arrays into
+network inputs. Everything is written with numpy/awkward rather than taken from
 ``energyflow``: it is not installable beside numpy 2 (its ``wasserstein``
 dependency), and its ``pixelate`` only centres (no rotation, flip or φ wrap).
+This ``__init__`` imports nothing, so that the config schema can read the names of
+channels and features without importing awkward or uproot.
 """
-
-from __future__ import annotations
-
-from hepnn.jets.constituents import SequenceScaler, constituent_sequences, flatten_constituents
-from hepnn.jets.images import ImageInfo, jet_images, transform_constituents
-from hepnn.jets.nanoaod import fatjet_constituents, read_fatjet_constituents
-
-__all__ = [
-    "ImageInfo",
-    "SequenceScaler",
-    "constituent_sequences",
-    "fatjet_constituents",
-    "flatten_constituents",
-    "jet_images",
-    "read_fatjet_constituents",
-    "transform_constituents",
-]

@@ -81,14 +81,14 @@ def charge_from_pdgid(pdg_id: np.ndarray) -> np.ndarray:
     ).astype(np.int32)
 
 
-def _has(events: Any, collection: str, field: str) -> bool:
+def has_field(events: Any, collection: str, field: str) -> bool:
     fields = events.fields
     if collection in fields:
         return field in events[collection].fields
     return f"{collection}_{field}" in fields
 
 
-def _get(events: Any, collection: str, field: str) -> ak.Array:
+def get_field(events: Any, collection: str, field: str) -> ak.Array:
     """``events[collection][field]`` (NanoEvents) or ``events[collection_field]`` (uproot arrays)."""
     if collection in events.fields:
         return events[collection][field]
@@ -98,7 +98,7 @@ def _get(events: Any, collection: str, field: str) -> ak.Array:
 def detect_layout(events: Any) -> str:
     """Name of the first layout in :data:`LAYOUTS` whose link table ``events`` has."""
     for name, lay in LAYOUTS.items():
-        if _has(events, lay.links, lay.cand_idx) and _has(events, lay.candidates, "pt"):
+        if has_field(events, lay.links, lay.cand_idx) and has_field(events, lay.candidates, "pt"):
             return name
     known = ", ".join(
         f"{lay.links}_{lay.cand_idx} + {lay.candidates}_pt" for lay in LAYOUTS.values()
@@ -173,12 +173,12 @@ def fatjet_constituents(
         msg = f"unknown layout {layout!r}; known: auto, {', '.join(LAYOUTS)}"
         raise ValueError(msg)
     lay = LAYOUTS[name]
-    n_jets = ak.to_numpy(ak.num(_get(events, jets, "pt"), axis=1)).astype(np.int64)
-    cand_pt, n_cands = _flat_numpy(_get(events, lay.candidates, "pt"), f"{lay.candidates}_pt")
+    n_jets = ak.to_numpy(ak.num(get_field(events, jets, "pt"), axis=1)).astype(np.int64)
+    cand_pt, n_cands = _flat_numpy(get_field(events, lay.candidates, "pt"), f"{lay.candidates}_pt")
     cand_branch = f"{lay.links}_{lay.cand_idx}"
     jet_branch = f"{lay.links}_{lay.jet_idx}"
-    cidx, n_links = _flat_numpy(_get(events, lay.links, lay.cand_idx), cand_branch)
-    jidx, n_links_j = _flat_numpy(_get(events, lay.links, lay.jet_idx), jet_branch)
+    cidx, n_links = _flat_numpy(get_field(events, lay.links, lay.cand_idx), cand_branch)
+    jidx, n_links_j = _flat_numpy(get_field(events, lay.links, lay.jet_idx), jet_branch)
     if not np.array_equal(n_links, n_links_j):
         e = int(np.flatnonzero(n_links != n_links_j)[0])
         msg = f"branches {cand_branch} and {jet_branch} differ in length in entry {entry_start + e}"
@@ -197,7 +197,7 @@ def fatjet_constituents(
     per_jet = np.bincount(jet_global, minlength=int(n_jets.sum()))
 
     def column(field: str) -> np.ndarray:
-        flat, _ = _flat_numpy(_get(events, lay.candidates, field), f"{lay.candidates}_{field}")
+        flat, _ = _flat_numpy(get_field(events, lay.candidates, field), f"{lay.candidates}_{field}")
         return flat[take]
 
     cols: dict[str, np.ndarray] = {"pt": cand_pt[take]}
@@ -205,22 +205,22 @@ def fatjet_constituents(
         cols[field] = column(field)
     p = cols["pt"].astype(np.float64) * np.cosh(cols["eta"].astype(np.float64))
     cols["energy"] = np.sqrt(p * p + cols["mass"].astype(np.float64) ** 2).astype(cols["pt"].dtype)
-    has_pdg = _has(events, lay.candidates, "pdgId")
+    has_pdg = has_field(events, lay.candidates, "pdgId")
     pdg = column("pdgId") if has_pdg else None
-    if _has(events, lay.candidates, "charge"):
+    if has_field(events, lay.candidates, "charge"):
         cols["charge"] = column("charge")
     elif pdg is not None:
         cols["charge"] = charge_from_pdgid(pdg)
     if pdg is not None:
         cols["pdgId"] = pdg
     for field in extra_fields:
-        if not _has(events, lay.candidates, field):
+        if not has_field(events, lay.candidates, field):
             msg = f"branch {lay.candidates}_{field} not found"
             raise InputError(msg)
         cols[field] = column(field)
 
-    if strict_counts and _has(events, jets, "nConstituents"):
-        expected, _ = _flat_numpy(_get(events, jets, "nConstituents"), f"{jets}_nConstituents")
+    if strict_counts and has_field(events, jets, "nConstituents"):
+        expected, _ = _flat_numpy(get_field(events, jets, "nConstituents"), f"{jets}_nConstituents")
         bad = np.flatnonzero(expected.astype(np.int64) != per_jet)
         if len(bad):
             j = int(bad[0])

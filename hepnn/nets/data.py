@@ -1,0 +1,253 @@
+"""The rows a network trains on, read once per run and handed to every later step.
+
+>>> reader = DataReader(datasets)
+>>> data = reader.training_data("dnn", spec)   # TrainingData: raw inputs, labels, ids, ...
+
+Flat networks read their feature, label, id (and weight) branches; jet networks read
+every jet of the FatJet-like collection with its PF constituents
+(:func:`hepnn.jets.batch.fatjet_batch`). Only the needed branches are read, with
+uproot, from the datasets' ROOT files (CSV and npy inputs are converted before). A
+:class:`DataReader` caches what it read: ensemble members, the Taylor ranking, the
+baselines and the cross-validation of a run use the same arrays, and two jet
+networks on the same jets read them once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from hepnn.errors import ConfigError, InputError
+from hepnn.files import sha256_bytes, sha256_file
+from hepnn.jets.batch import JetBatch, concat_batches, fatjet_batch, jet_labels
+from hepnn.jets.nanoaod import LAYOUTS
+from hepnn.nets.inputs import InputBuilder, make_builder
+
+if TYPE_CHECKING:
+    from hepnn.nets.spec import NetworkSpec
+    from hepnn.samples import Dataset, FileEntry
+
+
+def source_digest(entry: FileEntry, fmt: str) -> str:
+    """Content hash of a dataset file as the user gave it (npy folder, CSV or ROOT file)."""
+    if fmt == "part-npy":
+        from hepnn.io.part_npy import content_hash, find_files
+
+        return content_hash(find_files(entry.source)[1])
+    return sha256_file(entry.source)
+
+
+@dataclass
+class TrainingData:
+    """Every row (event or jet) of a network's training datasets.
+
+    Attributes
+    ----------
+    raw
+        Unnormalised inputs (:meth:`hepnn.nets.inputs.InputBuilder.raw`), one row each.
+    labels, ids
+        0/1 label and integer event id of every row (int64).
+    weights
+        Event weights as stored (float64), or None when the files have none.
+    usable
+        Rows that can be trained on and scored (jets with constituents).
+    files
+        One entry per file: dataset, source path, content digest, rows.
+    baseline
+        Inputs of the boosted-tree baseline: the flat features, or for jets the
+        jet mass, constituent multiplicity and p_T^D.
+    """
+
+    raw: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    weights: np.ndarray | None
+    usable: np.ndarray
+    files: list[dict[str, Any]]
+    baseline: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def digest(self) -> str:
+        """sha256 of the training inputs (raw inputs, labels, ids, weights)."""
+        parts = [self.raw.astype("<f8" if self.raw.dtype == np.float64 else "<f4")]
+        parts += [self.labels.astype("<i8"), self.ids.astype("<i8")]
+        if self.weights is not None:
+            parts.append(self.weights.astype("<f8"))
+        return sha256_bytes(b"".join(np.ascontiguousarray(p).tobytes() for p in parts))
+
+
+def baseline_columns(batch: JetBatch) -> dict[str, np.ndarray]:
+    """Jet mass, constituent multiplicity and p_T^D of every jet: the jet baselines' inputs.
+
+    One definition for the columns the toptag workflow writes and for the
+    cross-validation, so both fit the baseline on the same float32 values.
+    """
+    return {
+        "jet_mass": batch.mass.astype(np.float32),
+        "n_constituents": batch.n_constituents.astype(np.int32),
+        "jet_ptd": batch.ptd.astype(np.float32),
+    }
+
+
+def _check_labels(labels: np.ndarray, where: str, branch: str) -> None:
+    if not np.isin(labels, (0, 1)).all():
+        msg = f"{where}: label branch {branch!r} must hold 0/1"
+        raise InputError(msg)
+
+
+class DataReader:
+    """Reads and caches the training rows of a run's networks (see the module docstring)."""
+
+    def __init__(self, datasets: dict[str, Dataset]) -> None:
+        self.datasets = datasets
+        self._sources: dict[tuple[Any, ...], Any] = {}
+        self._data: dict[tuple[Any, ...], TrainingData] = {}
+
+    def _dataset_names(self, name: str, spec: NetworkSpec) -> list[str]:
+        names = spec.datasets or list(self.datasets)
+        for ds in names:
+            if ds not in self.datasets:
+                msg = f"networks.{name}: unknown dataset {ds!r} (known: {', '.join(self.datasets)})"
+                raise ConfigError(msg)
+        if not names:
+            msg = f"networks.{name}: no datasets to train on"
+            raise ConfigError(msg)
+        return names
+
+    def training_data(self, name: str, spec: NetworkSpec) -> TrainingData:
+        """The training rows of network ``name`` (cached: read and built once per run)."""
+        key = (spec.inputs.model_dump_json(), spec.label, spec.weight, spec.split.id_column,
+               tuple(self._dataset_names(name, spec)), spec.max_events)  # fmt: skip
+        if key not in self._data:
+            builder = make_builder(spec.inputs)
+            if spec.kind == "flat":
+                self._data[key] = self._flat(name, spec, builder)
+            else:
+                self._data[key] = self._jets(name, spec, builder)
+        return self._data[key]
+
+    # ------------------------------------------------------------------ flat
+    def read_columns(self, names: list[str], branches: list[str], optional: list[str]) -> dict[str, np.ndarray]:
+        """``branches`` (and those of ``optional`` present in every file) of the datasets, in file order."""
+        key = ("columns", tuple(names), tuple(branches), tuple(optional))
+        if key in self._sources:
+            return self._sources[key]
+        parts: dict[str, list[np.ndarray]] = {}
+        for ds in names:
+            for f in self.datasets[ds].files:
+                with uproot.open(f.root_path) as fh:
+                    tree = fh[f.treename]
+                    missing = [b for b in branches if b not in tree]
+                    if missing:
+                        msg = f"{f.source}: branch(es) {', '.join(missing)} needed for training not in tree {f.treename!r}"
+                        raise InputError(msg)
+                    present = [b for b in optional if b in tree and b not in branches]
+                    arrays = tree.arrays([*branches, *present], library="np")
+                for b, v in arrays.items():
+                    parts.setdefault(b, []).append(v)
+        n_files = sum(len(self.datasets[ds].files) for ds in names)
+        cols = {b: np.concatenate(v) for b, v in parts.items() if len(v) == n_files}
+        self._sources[key] = cols
+        return cols
+
+    def _files(self, names: list[str], rows: list[int]) -> list[dict[str, Any]]:
+        entries = [(ds, f) for ds in names for f in self.datasets[ds].files]
+        return [
+            {"dataset": ds, "source": str(f.source), "digest": source_digest(f, self.datasets[ds].format), "rows": n}
+            for (ds, f), n in zip(entries, rows, strict=True)
+        ]  # fmt: skip
+
+    def _flat(self, name: str, spec: NetworkSpec, builder: InputBuilder) -> TrainingData:
+        names = self._dataset_names(name, spec)
+        id_col = spec.split.id_column
+        branches = list(dict.fromkeys([*spec.inputs.features, id_col, spec.label]))
+        if spec.training.use_weights:
+            branches.append(spec.weight)
+        cols = self.read_columns(names, branches, [spec.weight])
+        rows = [f.entries for ds in names for f in self.datasets[ds].files]
+        if spec.max_events is not None:
+            cols = {k: v[: spec.max_events] for k, v in cols.items()}
+        labels = np.asarray(cols[spec.label])
+        _check_labels(labels, f"networks.{name}", spec.label)
+        ids = np.asarray(cols[id_col])
+        if not np.issubdtype(ids.dtype, np.integer):
+            msg = f"networks.{name}: id column {id_col!r} must hold integers, got {ids.dtype}"
+            raise InputError(msg)
+        weights = cols.get(spec.weight)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if not np.isfinite(weights).all():
+                msg = f"networks.{name}: weight branch {spec.weight!r} has non-finite values"
+                raise InputError(msg)
+        raw = builder.raw(cols)
+        return TrainingData(
+            raw, labels.astype(np.int64), ids.astype(np.int64), weights,
+            np.ones(len(labels), dtype=bool), self._files(names, rows),
+            {f: raw[:, j] for j, f in enumerate(spec.inputs.features)},
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ jets
+    def _jet_branches(self, tree: Any, spec: NetworkSpec) -> list[str]:
+        keys = set(tree.keys())
+        jets = spec.inputs.jets
+        wanted = {f"{jets}_{f}" for f in ("pt", "eta", "phi", "mass")}
+        wanted |= {spec.label, spec.split.id_column}
+        for lay in LAYOUTS.values():
+            wanted |= {f"{lay.candidates}_{f}" for f in ("pt", "eta", "phi", "mass", "charge", "pdgId")}
+            wanted |= {f"{lay.links}_{lay.cand_idx}", f"{lay.links}_{lay.jet_idx}"}
+        required = [spec.label, spec.split.id_column]
+        required += [f"{jets}_{f}" for f in ("pt", "eta", "phi", "mass")]
+        missing = [b for b in required if b not in keys]
+        if missing:
+            msg = f"branch(es) {', '.join(missing)} needed to train the network not in the tree"
+            raise InputError(msg)
+        return sorted(wanted & keys)
+
+    def read_jets(self, name: str, spec: NetworkSpec) -> tuple[JetBatch, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Every jet (constituents, label, event id) of the network's datasets (cached)."""
+        names = self._dataset_names(name, spec)
+        jets_name = spec.inputs.jets
+        key = ("jets", tuple(names), jets_name, spec.label, spec.split.id_column, spec.max_events)
+        if key in self._sources:
+            return self._sources[key]
+        batches, labels, ids, rows = [], [], [], []
+        for ds_name in names:
+            for f in self.datasets[ds_name].files:
+                try:
+                    with uproot.open(f.root_path) as fh:
+                        tree = fh[f.treename]
+                        arrays = tree.arrays(self._jet_branches(tree, spec), library="ak")
+                    batch = fatjet_batch(arrays, jets=jets_name)
+                    if batch is None:
+                        msg = f"no {jets_name} constituent link table (looked for {', '.join(lay.links for lay in LAYOUTS.values())})"
+                        raise InputError(msg)
+                    lab = jet_labels(arrays, spec.label, batch, jets=jets_name)
+                    assert lab is not None  # checked in _jet_branches
+                    _check_labels(lab, f"networks.{name}", spec.label)
+                except InputError as err:
+                    raise InputError(f"{f.source}: {err}") from None
+                batches.append(batch)
+                labels.append(lab)
+                ids.append(ak.to_numpy(arrays[spec.split.id_column])[batch.event_index])
+                rows.append(len(batch))
+        batch = concat_batches(batches)
+        lab, idv = np.concatenate(labels), np.concatenate(ids).astype(np.int64)
+        if spec.max_events is not None:
+            keep = np.arange(min(spec.max_events, len(batch)))
+            batch, lab, idv = batch.take(keep), lab[keep], idv[keep]
+        out = (batch, lab, idv, self._files(names, rows))
+        self._sources[key] = out
+        return out
+
+    def _jets(self, name: str, spec: NetworkSpec, builder: InputBuilder) -> TrainingData:
+        batch, labels, ids, files = self.read_jets(name, spec)
+        return TrainingData(
+            builder.raw(batch), labels, ids, None, ~builder.unusable(batch), files,
+            {k: np.asarray(v) for k, v in baseline_columns(batch).items()},
+        )  # fmt: skip

@@ -1,0 +1,287 @@
+"""Flat event features as network inputs: standardisation, imputation, missing flags.
+
+>>> builder = FlatBuilder(FlatInputs(features=["DER_mass_MMC", "PRI_tau_pt"]))
+>>> raw = builder.raw(columns)           # (N, 2) float64, NaN where a value is missing
+>>> fitted = builder.fit(raw[train])     # statistics of the training events only
+>>> x = fitted.transform(raw)            # (N, 2 + flags) float32
+
+Missing values are explicit. A value is missing when it equals
+:data:`MISSING_VALUE` (``-999.0``, the Higgs-challenge convention), is NaN, or is
+masked (a numpy masked array or awkward ``None``); :meth:`FlatBuilder.raw` turns
+all of them into NaN. Each feature is standardised with the mean and standard
+deviation of its *non-missing* values in the *training* events; a missing value
+is imputed with the training mean, i.e. 0 after standardising. Optionally, 0/1
+"missing flag" inputs tell the network which values were imputed.
+
+The transform is computed in float64 and rounded once to float32, elementwise, so
+an event gets the same bits in any chunking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hepnn.errors import ConfigError, InputError, ModelError
+from hepnn.nets.inputs import InputBuilder, register_builder
+from hepnn.nets.spec import FlatInputs
+
+#: Sentinel the Higgs challenge writes for "undefined".
+MISSING_VALUE = -999.0
+#: Suffix of the name of a missing-flag input.
+FLAG_SUFFIX = "_missing"
+#: Version of the fitted state in ``model.json``.
+STATE_FORMAT = 1
+
+
+def missing_mask(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Split a column into float64 values and a boolean "missing" mask.
+
+    Masked entries of a numpy masked array, NaN and :data:`MISSING_VALUE` count
+    as missing; the values at missing positions are unspecified.
+    """
+    if isinstance(values, np.ma.MaskedArray):
+        arr = np.asarray(values.filled(np.nan), dtype=np.float64)
+    else:
+        arr = np.asarray(values, dtype=np.float64)
+    mask = arr == MISSING_VALUE
+    mask |= np.isnan(arr)  # masked entries were filled with NaN above
+    return arr, mask
+
+
+def _auto_flags(features: Sequence[str], masks: Sequence[np.ndarray]) -> list[tuple[str, str]]:
+    """One flag per distinct missing pattern, named after its first feature.
+
+    In the Higgs data the 3 jet-pair features share one pattern and get one flag.
+    Patterns are hashed to find identical ones cheaply, then confirmed with
+    ``array_equal`` (hash collisions must not merge flags).
+    """
+    flags: list[tuple[str, str]] = []
+    seen: dict[bytes, list[np.ndarray]] = {}
+    for name, mask in zip(features, masks, strict=True):
+        if not mask.any():
+            continue
+        key = np.packbits(mask).tobytes()
+        if any(np.array_equal(mask, m) for m in seen.get(key, [])):
+            continue
+        seen.setdefault(key, []).append(mask)
+        flags.append((name + FLAG_SUFFIX, name))
+    return flags
+
+
+class FlatBuilder(InputBuilder):
+    """Inputs of a network on event-level features (see the module docstring).
+
+    Parameters
+    ----------
+    settings
+        The ``inputs`` of the network's spec.
+    mean, std
+        Per-feature mean and standard deviation of the non-missing training values
+        (``std`` is 1 for a constant or never-observed feature); None before fitting.
+    flags
+        ``(flag name, feature)`` pairs: a 0/1 input that is 1 when ``feature`` is
+        missing. Flags follow the features in the input order.
+    """
+
+    kind: ClassVar[str] = "flat"
+    micro_batch: ClassVar[int] = 1024
+
+    def __init__(
+        self,
+        settings: FlatInputs,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        flags: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.settings = settings
+        self.features = list(settings.features)
+        self.flags = [(str(name), str(feature)) for name, feature in flags]
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+        self.std = None if std is None else np.asarray(std, dtype=np.float64)
+        if self.mean is not None and self.std is not None:
+            n = len(self.features)
+            if self.mean.shape != (n,) or self.std.shape != (n,):
+                msg = "mean and std must have one entry per feature"
+                raise ModelError(msg)
+            if not (np.all(np.isfinite(self.mean)) and np.all(self.std > 0)):
+                msg = "feature preparation has non-finite means or non-positive standard deviations"
+                raise ModelError(msg)
+        unknown = [f for _, f in self.flags if f not in self.features]
+        if unknown:
+            msg = f"missing flag for unknown feature(s): {', '.join(unknown)}"
+            raise ModelError(msg)
+
+    # ------------------------------------------------------------------ raw
+    def raw(self, source: Mapping[str, Any]) -> np.ndarray:
+        """``(N, features)`` float64 values of ``source`` (a mapping of columns), NaN = missing.
+
+        Raises
+        ------
+        ModelError
+            A feature is absent from ``source``.
+        InputError
+            A column that is not flat, or columns of different lengths.
+        """
+        out: np.ndarray | None = None
+        for j, name in enumerate(self.features):
+            if name not in source:
+                msg = f"feature {name!r} required by the model is not in the data"
+                raise ModelError(msg)
+            values, mask = missing_mask(source[name])
+            if values.ndim != 1:
+                msg = f"feature {name!r}: expected a flat (1D) column, got shape {values.shape}"
+                raise InputError(msg)
+            if out is None:
+                out = np.empty((values.shape[0], len(self.features)), dtype=np.float64)
+            elif values.shape[0] != out.shape[0]:
+                msg = f"feature {name!r} has {values.shape[0]} entries, expected {out.shape[0]}"
+                raise InputError(msg)
+            out[:, j] = np.where(mask, np.nan, values)
+        assert out is not None  # FlatInputs has at least one feature
+        return out
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, raw: np.ndarray) -> FlatBuilder:
+        """Fit on the raw inputs of the *training* events only."""
+        means, stds, masks = [], [], []
+        for j, name in enumerate(self.features):
+            values = raw[:, j]
+            mask = np.isnan(values)
+            present = values[~mask]
+            if np.any(~np.isfinite(present)):
+                msg = f"feature {name!r}: infinite values in the training events"
+                raise InputError(msg)
+            if present.size == 0:
+                mean, std = 0.0, 1.0  # never observed: every value will be imputed as 0
+            else:
+                mean = float(present.mean())
+                std = float(present.std())
+                if not std > 0 or not math.isfinite(std):
+                    std = 1.0  # constant feature: centre it, do not blow it up
+            means.append(mean)
+            stds.append(std)
+            masks.append(mask)
+        chosen = self.settings.missing_flags
+        if chosen == "auto":
+            flags = _auto_flags(self.features, masks)
+        elif chosen == "none":
+            flags = []
+        else:
+            unknown = [f for f in chosen if f not in self.features]
+            if unknown:
+                msg = f"missing_flags names feature(s) not among the features: {', '.join(unknown)}"
+                raise ConfigError(msg)
+            flags = [(f + FLAG_SUFFIX, f) for f in dict.fromkeys(chosen)]
+        return FlatBuilder(self.settings, means, stds, flags)
+
+    # ------------------------------------------------------------ transform
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the network inputs, in order: the features, then the flags."""
+        return [*self.features, *(name for name, _ in self.flags)]
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """``(N, inputs)`` float32 network inputs from :meth:`raw` output.
+
+        Raises
+        ------
+        InputError
+            A value that is still not finite after preparation (``inf``, or a value
+            overflowing float32), naming the feature.
+        """
+        if self.mean is None or self.std is None:
+            msg = "the flat inputs are not fitted"
+            raise ModelError(msg)
+        n_feat = len(self.features)
+        # Fill an (inputs, events) buffer row by row (contiguous writes), then
+        # transpose once: 6x faster than writing strided columns of (events, inputs).
+        buf = np.empty((n_feat + len(self.flags), raw.shape[0]), dtype=np.float32)
+        masks: dict[str, np.ndarray] = {}
+        for j, name in enumerate(self.features):
+            values = raw[:, j]
+            mask = np.isnan(values)
+            with np.errstate(over="ignore", invalid="ignore"):
+                # Computed in float64, rounded once to float32; overflow reported below.
+                row = buf[j]
+                np.divide(
+                    np.subtract(values, self.mean[j]), self.std[j], out=row, casting="same_kind"
+                )
+                row[mask] = 0.0  # impute with the training mean
+            masks[name] = mask
+        for k, (_, feature) in enumerate(self.flags):
+            buf[n_feat + k] = masks[feature]
+        out = np.ascontiguousarray(buf.T)
+        # A float64 sum of float32 values cannot overflow: it is finite exactly when
+        # every value is; locate the culprits only then.
+        if not np.isfinite(np.sum(out, dtype=np.float64)):
+            finite = np.isfinite(out)
+            bad = np.flatnonzero(~finite.all(axis=0))
+            names = ", ".join(repr(self.input_names[b]) for b in bad)
+            count = int((~finite).sum())
+            msg = f"{count} non-finite value(s) after feature preparation in feature(s) {names}"
+            raise InputError(msg)
+        return out
+
+    def arch_inputs(self) -> dict[str, Any]:
+        return {"n_inputs": len(self.input_names)}
+
+    def helper_inputs(self) -> list[str]:
+        """The missing flags: inputs that are not physics features."""
+        return [name for name, _ in self.flags]
+
+    # -------------------------------------------------------- serialisation
+    def state(self) -> dict[str, Any]:
+        """Fitted state for ``model.json``; floats round-trip exactly through JSON."""
+        if self.mean is None or self.std is None:
+            msg = "the flat inputs are not fitted"
+            raise ModelError(msg)
+        return {
+            "format": STATE_FORMAT,
+            "missing_value": MISSING_VALUE,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "flags": [{"name": name, "feature": feature} for name, feature in self.flags],
+            "input_names": self.input_names,
+        }
+
+    @classmethod
+    def from_state(cls, settings: FlatInputs, state: Mapping[str, Any]) -> FlatBuilder:
+        try:
+            if state.get("format") != STATE_FORMAT:
+                msg = f"unknown flat-input state format {state.get('format')!r}"
+                raise ModelError(msg)
+            built = cls(
+                settings,
+                state["mean"],
+                state["std"],
+                [(f["name"], f["feature"]) for f in state["flags"]],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = f"malformed flat-input state: {exc!r}"
+            raise ModelError(msg) from None
+        if "input_names" in state and list(state["input_names"]) != built.input_names:
+            msg = "flat-input state input_names do not match its features and flags"
+            raise ModelError(msg)
+        return built
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FlatBuilder):
+            return NotImplemented
+        return (
+            self.features == other.features
+            and self.flags == other.flags
+            and np.array_equal(self.mean, other.mean)
+            and np.array_equal(self.std, other.std)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
+
+    def __repr__(self) -> str:
+        return f"FlatBuilder({len(self.features)} features, flags={self.helper_inputs()})"
+
+
+register_builder(FlatBuilder)
