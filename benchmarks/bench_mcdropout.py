@@ -24,10 +24,9 @@ import tracemalloc
 import numpy as np
 import torch
 
-from hepnn.bands import fill_replicas, nominal_hist, replica_hist
+from hepnn.bands import MCDropout, fill_replicas, nominal_hist, replica_hist
 from hepnn.models import build
 from hepnn.models.forward import padded_apply
-from hepnn.uncertainty import MCDropout
 
 
 def _model(dropout: float) -> torch.nn.Module:

@@ -9,10 +9,11 @@ import pytest
 import torch
 import uproot
 
-from hepnn.band_plots import band_figure, plot_band, plot_std_vs_score
 from hepnn.bands import (
     QUANTILES,
     STATS,
+    Ensemble,
+    MCDropout,
     fill_replicas,
     fill_std_vs_score,
     nominal_hist,
@@ -21,8 +22,8 @@ from hepnn.bands import (
     summarise,
     to_root_variations,
 )
+from hepnn.bands.plots import band_figure, plot_band, plot_std_vs_score
 from hepnn.models import build
-from hepnn.uncertainty import Ensemble, MCDropout
 
 T = 30
 

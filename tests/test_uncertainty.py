@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import hepnn.uncertainty as unc
+import hepnn.bands.replicas as unc
+from hepnn.bands import Ensemble, MCDropout, replica_mask, replica_seed
 from hepnn.errors import ModelError
 from hepnn.models import build
 from hepnn.models.forward import padded_apply
-from hepnn.uncertainty import Ensemble, MCDropout, replica_mask, replica_seed
 
 BATCH = 128
 #: 7 uneven chunks of 1500 events, one of a single event.
@@ -154,9 +154,9 @@ def test_folded_masks_keep_fraction():
 
 
 def test_channel_dropout_mask_is_per_channel():
-    assert unc._mask_shape(nn.Dropout2d(0.2), (4, 6, 6)) == (4, 1, 1)
-    assert unc._mask_shape(nn.Dropout1d(0.2), (4, 6)) == (4, 1)
-    assert unc._mask_shape(nn.Dropout(0.2), (4, 6, 6)) == (4, 6, 6)
+    assert unc.mask_shape(nn.Dropout2d(0.2), (4, 6, 6)) == (4, 1, 1)
+    assert unc.mask_shape(nn.Dropout1d(0.2), (4, 6)) == (4, 1)
+    assert unc.mask_shape(nn.Dropout(0.2), (4, 6, 6)) == (4, 6, 6)
 
 
 # -- exactness and reproducibility ------------------------------------------------------

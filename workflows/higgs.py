@@ -26,6 +26,7 @@ import awkward as ak
 import hist
 import numpy as np
 
+from hepnn.bands import replica_hists
 from hepnn.columns import Columns
 from hepnn.io.higgs_csv import with_missing
 from hepnn.schemas import BaseSchema
@@ -159,50 +160,8 @@ class Higgs(Workflow):
                 replicas["member"] = np.stack(
                     [score, *(network_score(p, events) for p in members[1:])]
                 )
-            out.update(self._band_hists(net, score, replicas, process, weight))
+            out.update(replica_hists(net, score, replicas, process, weight, PROCESSES))
         out["columns"] = {dataset: Columns(columns)}
-        return out
-
-    def _band_hists(
-        self,
-        net: str,
-        score: np.ndarray,
-        replicas: dict[str, np.ndarray],
-        process: np.ndarray,
-        weight: np.ndarray,
-    ) -> dict[str, hist.Hist]:
-        """Replica histograms of the score: MC dropout (axis ``mc``) and ensemble (``member``)."""
-        out: dict[str, hist.Hist] = {}
-        for axis_name, reps in replicas.items():
-            h = hist.Hist(
-                hist.axis.StrCategory(PROCESSES, name="process"),
-                hist.axis.IntCategory(range(len(reps)), name=axis_name, overflow=False),
-                hist.axis.Regular(50, 0.0, 1.0, name="score", label=f"{net} score"),
-                storage=hist.storage.Weight(),
-                label=f"{net} score, {'MC-dropout replicas' if axis_name == 'mc' else 'ensemble members'}",
-            )
-            for t in range(len(reps)):
-                h.fill(process=process, **{axis_name: t}, score=reps[t], weight=weight)
-            suffix = "mcdropout" if axis_name == "mc" else "ensemble"
-            out[f"score_{net}_{suffix}"] = h
-        if "mc" in replicas:
-            h2 = hist.Hist(
-                hist.axis.StrCategory(PROCESSES, name="process"),
-                hist.axis.Regular(25, 0.0, 1.0, name="score", label=f"{net} score (nominal)"),
-                hist.axis.Regular(
-                    25,
-                    0.0,
-                    0.25,
-                    name="score_std",
-                    label=f"per-event std of the {net} score (MC dropout)",
-                ),
-                storage=hist.storage.Weight(),
-                label=f"{net}: per-event MC-dropout std vs score",
-            )
-            h2.fill(
-                process=process, score=score, score_std=replicas["mc"].std(axis=0), weight=weight
-            )
-            out[f"score_std_{net}"] = h2
         return out
 
     def _network_hists(

@@ -1,6 +1,6 @@
 """MC-dropout and ensemble bands as ``hist`` objects.
 
->>> mc = MCDropout(model, samples=100, seed=1)  # hepnn.uncertainty
+>>> mc = MCDropout(model, samples=100, seed=1)  # hepnn.bands.replicas
 >>> h = replica_hist(100)  # axes: IntCategory "mc" x Regular "score"
 >>> h_nom = nominal_hist()
 >>> for x, w in chunks:  # per chunk, summed over chunks (in a fixed order)
@@ -12,10 +12,14 @@ Every replica fills its own full histogram (one bin row per replica), so the
 replica histograms add like any other histogram across chunks and executors. The
 band statistics are not additive: :func:`summarise` computes them only once,
 after accumulation, per bin over the replica axis.
+
+Workflows fill their per-network replica histograms with :func:`replica_hists`
+(``score_<net>_mcdropout``, ``score_<net>_ensemble``, ``score_std_<net>``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hist
@@ -25,10 +29,12 @@ __all__ = [
     "QUANTILES",
     "REPLICA_LABELS",
     "STATS",
+    "VARIATION_NAMES",
     "fill_replicas",
     "fill_std_vs_score",
     "nominal_hist",
     "replica_hist",
+    "replica_hists",
     "score_axis",
     "std_vs_score_hist",
     "summarise",
@@ -294,4 +300,77 @@ def to_root_variations(
         view.value = values[stats.index(stat)]
         view.variance = variances[stats.index(stat)]
         out[key] = h
+    return out
+
+
+def replica_hists(
+    net: str,
+    score: np.ndarray,
+    replicas: Mapping[str, np.ndarray],
+    process: np.ndarray,
+    weight: np.ndarray,
+    processes: Sequence[str],
+) -> dict[str, hist.Hist]:
+    """Per-process replica histograms of one network's score, filled from one chunk.
+
+    Parameters
+    ----------
+    net
+        Network name, used in the histogram names and labels.
+    score
+        Nominal score per event ``(N,)``.
+    replicas
+        Replica axis name -> per-replica scores ``(T, N)``: ``"mc"`` (MC dropout,
+        :meth:`MCDropout.scores`) and/or ``"member"`` (ensemble members). Filled
+        in the mapping's order.
+    process
+        Process label per event ``(N,)``, one of ``processes``.
+    weight
+        Event weight ``(N,)``.
+    processes
+        Categories of the ``process`` axis.
+
+    Returns
+    -------
+    dict[str, hist.Hist]
+        ``score_<net>_mcdropout`` / ``score_<net>_ensemble``: axes
+        ``StrCategory(processes, "process")``, ``IntCategory(range(T), mc|member)``
+        (no overflow), ``Regular(50, 0, 1, "score")``, ``Weight`` storage, one fill
+        per replica. With ``"mc"`` also ``score_std_<net>``: ``process`` x nominal
+        ``score`` ``Regular(25, 0, 1)`` x per-event replica std (``ddof=0``)
+        ``Regular(25, 0, 0.25, "score_std")``. Summarise after accumulation with
+        :func:`hepnn.bands.outputs.band_outputs`.
+    """
+    unknown = [name for name in replicas if name not in VARIATION_NAMES]
+    if unknown:
+        msg = f"unknown replica axis {unknown}; known: {', '.join(VARIATION_NAMES)}"
+        raise ValueError(msg)
+    out: dict[str, hist.Hist] = {}
+    for axis_name, reps in replicas.items():
+        h = hist.Hist(
+            hist.axis.StrCategory(list(processes), name="process"),
+            hist.axis.IntCategory(range(len(reps)), name=axis_name, overflow=False),
+            hist.axis.Regular(50, 0.0, 1.0, name="score", label=f"{net} score"),
+            storage=hist.storage.Weight(),
+            label=f"{net} score, {'MC-dropout replicas' if axis_name == 'mc' else 'ensemble members'}",
+        )
+        for t in range(len(reps)):
+            h.fill(process=process, **{axis_name: t}, score=reps[t], weight=weight)
+        out[f"score_{net}_{VARIATION_NAMES[axis_name]}"] = h
+    if "mc" in replicas:
+        h2 = hist.Hist(
+            hist.axis.StrCategory(list(processes), name="process"),
+            hist.axis.Regular(25, 0.0, 1.0, name="score", label=f"{net} score (nominal)"),
+            hist.axis.Regular(
+                25,
+                0.0,
+                0.25,
+                name="score_std",
+                label=f"per-event std of the {net} score (MC dropout)",
+            ),
+            storage=hist.storage.Weight(),
+            label=f"{net}: per-event MC-dropout std vs score",
+        )
+        h2.fill(process=process, score=score, score_std=replicas["mc"].std(axis=0), weight=weight)
+        out[f"score_std_{net}"] = h2
     return out

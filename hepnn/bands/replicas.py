@@ -13,7 +13,7 @@ it has almost no spread. Here replica ``t`` is **one** thinned network applied t
 every event: the mask of dropout site ``l`` comes from a CPU ``torch.Generator``
 seeded by a 64-bit hash of ``(seed, t, l)``. Each replica thereby fills a whole
 histogram, the band is the spread over replicas, and with the fixed-size padded
-micro-batches of :func:`hepnn.inference.padded_apply` every number is bitwise
+micro-batches of :func:`hepnn.models.forward.padded_apply` every number is bitwise
 independent of chunking, executor and batch composition, and reproducible.
 
 Mask conventions (the reproducibility contract; a test pins them):
@@ -57,6 +57,7 @@ __all__ = [
     "Ensemble",
     "MCDropout",
     "dropout_modules",
+    "mask_shape",
     "replica_mask",
     "replica_seed",
 ]
@@ -139,8 +140,12 @@ def dropout_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def _mask_shape(module: nn.Module, feature_shape: Sequence[int]) -> tuple[int, ...]:
-    """Mask shape for ``module`` acting on inputs of ``(batch, *feature_shape)``."""
+def mask_shape(module: nn.Module, feature_shape: Sequence[int]) -> tuple[int, ...]:
+    """Mask shape for ``module`` acting on inputs of ``(batch, *feature_shape)``.
+
+    Channel dropout (``nn.Dropout1d/2d/3d``) on inputs with at least two feature
+    dimensions gets ``(C, 1, ...)``; everything else the whole feature shape.
+    """
     if isinstance(module, _CHANNEL_DROPOUT) and len(feature_shape) >= 2:
         # Channel dropout: one Bernoulli per channel, broadcast over positions.
         return (feature_shape[0],) + (1,) * (len(feature_shape) - 1)
@@ -188,7 +193,7 @@ def _as_input(model: nn.Module, x: torch.Tensor | np.ndarray) -> torch.Tensor:
 class _Sampler:
     """Shared interface of :class:`MCDropout` and :class:`Ensemble`."""
 
-    #: Name of the replica axis in histograms (see :mod:`hepnn.bands`).
+    #: Name of the replica axis in histograms (see :mod:`hepnn.bands.hists`).
     axis_name: str = "replica"
 
     def scores(
@@ -293,7 +298,7 @@ class MCDropout(_Sampler):
         output
             ``"sigmoid"`` (classifier score), ``"logit"`` (raw output) or ``"softmax"``.
         batch_size
-            Fixed micro-batch size of :func:`~hepnn.inference.padded_apply`; results
+            Fixed micro-batch size of :func:`~hepnn.models.forward.padded_apply`; results
             are bitwise independent of how ``x`` is chunked for a given value.
 
         Returns
@@ -395,7 +400,7 @@ class MCDropout(_Sampler):
             site += 1
             mask = cache.get(key)
             if mask is None:
-                shape = _mask_shape(module, inp.shape[1:])
+                shape = mask_shape(module, inp.shape[1:])
                 mask = replica_mask(self.seed, replica, key[0], shape, module.p, dtype=inp.dtype)
                 cache[key] = mask
             return inp * mask
@@ -421,7 +426,7 @@ class Ensemble(_Sampler):
     models
         Members, typically one architecture trained with different seeds. Each is
         run in eval mode (flags restored afterwards) through
-        :func:`~hepnn.inference.padded_apply`, so outputs are bitwise independent
+        :func:`~hepnn.models.forward.padded_apply`, so outputs are bitwise independent
         of chunking.
     """
 

@@ -3,15 +3,17 @@
 >>> plot_band(h_nom, {"MC dropout": summary_mc, "Ensemble": summary_ens}, "plots/score_band")
 >>> plot_std_vs_score(h2d, "plots/std_vs_score")
 
-Each writes ``<path>.png`` and ``<path>.pdf``. Figures are built on
+Each writes ``<path>.<fmt>`` for every format (default ``png`` and ``pdf``),
+atomically through :func:`hepnn.files.atomic_path`. Figures are built on
 ``matplotlib.figure.Figure`` directly (Agg canvas), so nothing touches the global
 pyplot state and a worker never needs a display. Kept apart from
-:mod:`hepnn.bands` so that filling histograms does not import matplotlib.
+:mod:`hepnn.bands.hists` (and not imported by :mod:`hepnn.bands`) so that filling
+histograms does not import matplotlib.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import hist
@@ -20,8 +22,19 @@ import mplhep
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["band_figure", "plot_band", "plot_std_vs_score", "save", "std_vs_score_figure"]
+from hepnn.files import atomic_path
 
+__all__ = [
+    "FORMATS",
+    "band_figure",
+    "plot_band",
+    "plot_std_vs_score",
+    "save",
+    "std_vs_score_figure",
+]
+
+#: Formats written when the caller names none.
+FORMATS: tuple[str, ...] = ("png", "pdf")
 #: Fill colours of the bands, in the order of the ``summaries`` mapping.
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")
 
@@ -52,7 +65,7 @@ def band_figure(
     nominal
         1D histogram of the nominal network (its variances give the stat. error).
     summaries
-        Label -> 1D summary from :func:`hepnn.bands.summarise`, same binning.
+        Label -> 1D summary from :func:`hepnn.bands.hists.summarise`, same binning.
     ylabel
         Label of the upper y axis.
     ratio_ylim
@@ -139,13 +152,15 @@ def std_vs_score_figure(h2d: hist.Hist) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: str | Path) -> list[Path]:
-    """Write ``fig`` as ``<path>.png`` and ``<path>.pdf`` (an existing suffix is replaced)."""
+def save(fig: Figure, path: str | Path, formats: Iterable[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` as ``<path>.<fmt>`` per format, atomically (an existing suffix is replaced)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in out:
-        fig.savefig(p, dpi=150)
+    out = []
+    for fmt in formats:
+        target = path.with_suffix(f".{fmt}")
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150)
+        out.append(target)
     return out
 
 
@@ -156,11 +171,15 @@ def plot_band(
     *,
     ylabel: str = "Events",
     ratio_ylim: tuple[float, float] = (0.0, 2.0),
+    formats: Iterable[str] = FORMATS,
 ) -> list[Path]:
-    """Draw :func:`band_figure` and write PNG and PDF; returns the written paths."""
-    return save(band_figure(nominal, summaries, ylabel=ylabel, ratio_ylim=ratio_ylim), path)
+    """Draw :func:`band_figure` and write it in ``formats``; returns the written paths."""
+    fig = band_figure(nominal, summaries, ylabel=ylabel, ratio_ylim=ratio_ylim)
+    return save(fig, path, formats)
 
 
-def plot_std_vs_score(h2d: hist.Hist, path: str | Path) -> list[Path]:
-    """Draw :func:`std_vs_score_figure` and write PNG and PDF; returns the written paths."""
-    return save(std_vs_score_figure(h2d), path)
+def plot_std_vs_score(
+    h2d: hist.Hist, path: str | Path, *, formats: Iterable[str] = FORMATS
+) -> list[Path]:
+    """Draw :func:`std_vs_score_figure` and write it in ``formats``; returns the written paths."""
+    return save(std_vs_score_figure(h2d), path, formats)
