@@ -8,7 +8,7 @@ inputs. All timings in the same process, same model, events, threads:
   ``mean |t|``;
 * ``hepnn.taylor.mean_abs_taylor(method="mlp")`` (closed form) and
   ``method="autograd"`` (generic), chunked;
-* the "floor": a deterministic forward pass (``hepnn.inference.padded_apply``)
+* the "floor": a deterministic forward pass (``hepnn.models.forward.padded_apply``)
   scaled by the FLOP ratio closed-form / forward (multiply-adds of the GEMMs,
   counted below; elementwise work ignored, so the floor is optimistic); and
   the generic path's own floor, the same for its FLOPs (1.6x the closed

@@ -12,8 +12,7 @@ import torch
 
 from hepnn.files import atomic_path, atomic_text
 from hepnn.models import MLP
-from hepnn.ranking import TaylorMonitor, write_history, write_ranking
-from hepnn.taylor import TaylorResult, mean_abs_taylor
+from hepnn.taylor import TaylorMonitor, TaylorResult, mean_abs_taylor, write_history, write_ranking
 
 NAMES = ["m_jj", "pt_h", "eta_j"]
 

@@ -2,12 +2,14 @@
 
 Logit derivatives of an MLP with elementwise activations, written by hand as
 batched matrix products (see :func:`_mlp_logit_derivatives`), evaluated in
-micro-batches by :func:`_mlp_coefficients`. Also holds the chain rule from
-logit derivatives to Taylor coefficients of the output (:func:`_output_chain`
-and its packed pair/triple index helpers), which the generic autograd path in
-:mod:`hepnn.taylor` shares.
+micro-batches by :func:`mlp_coefficients`. Also holds the chain rule from
+logit derivatives to Taylor coefficients of the output (:func:`output_chain`
+and its packed pair/triple index helpers), which the generic autograd path
+(:mod:`hepnn.taylor.autograd`) shares.
 
-Private helpers; the public API is :mod:`hepnn.taylor`.
+:data:`ELEMENTWISE`, :func:`is_fast_mlp`, :func:`mlp_coefficients` and
+:func:`output_chain` are used by :mod:`hepnn.taylor.coefficients` and
+:mod:`hepnn.taylor.gradients`; the user-facing API is :mod:`hepnn.taylor`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ import torch
 from torch import nn
 
 from hepnn.models.mlp import MLP
-from hepnn.taylor_autograd import _grad
+from hepnn.taylor.autograd import grad
+
+__all__ = ["ELEMENTWISE", "is_fast_mlp", "mlp_coefficients", "output_chain"]
 
 # Activations the closed-form MLP path accepts: strictly elementwise.
-_ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, nn.Softplus)
+ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, nn.Softplus)
 
 
-def _is_fast_mlp(model: nn.Module) -> bool:
+def is_fast_mlp(model: nn.Module) -> bool:
     """Whether the closed-form path applies: hepnn's MLP, unmodified, elementwise activation."""
     return (
         isinstance(model, MLP)
         and type(model).forward is MLP.forward
-        and isinstance(model.activation, _ELEMENTWISE)
+        and isinstance(model.activation, ELEMENTWISE)
     )
 
 
@@ -66,7 +70,7 @@ def _triple_index(
     return i * n_pairs + pidx[j, k], j * n_pairs + pidx[i, k], k * n_pairs + pidx[i, j], fac3
 
 
-def _output_chain(
+def output_chain(
     s: torch.Tensor,
     g: torch.Tensor,
     hess: torch.Tensor | None,
@@ -87,6 +91,22 @@ def _output_chain(
     Third derivatives of ``s`` come either as the raw values ``t3`` (N, triples)
     or in the closed form's split representation ``z`` (N, n, pairs), with
     ``s_ijk = z_i,jk + z_j,ik + z_k,ij``.
+
+    Parameters
+    ----------
+    s, g, hess
+        Logit (N,), its gradient (N, n) and Hessian (N, n, n) (``None`` for order 1).
+    orders
+        Orders to return, a subset of ``(1, 2, 3)``.
+    output
+        ``"sigmoid"`` or ``"logit"``.
+    z, t3
+        Third derivatives (for order 3), in one of the two representations.
+
+    Returns
+    -------
+    dict of int to torch.Tensor
+        ``{order: (N, n_terms)}``, columns in the order of :func:`hepnn.taylor.taylor_terms`.
     """
     n = g.shape[1]
     if output == "sigmoid":
@@ -160,7 +180,7 @@ def _activation_derivatives(
         phi = cur.detach()
         ds = []
         for i in range(k):
-            cur = _grad(cur.sum(), zg, create_graph=i < k - 1)
+            cur = grad(cur.sum(), zg, create_graph=i < k - 1)
             ds.append(cur.detach())
     return phi, ds
 
@@ -331,14 +351,31 @@ def _micro_batch(top: int, n: int, widths: Sequence[int]) -> int:
     return max(8, min(4096, 4_000_000 // max(m * n * 4, 1)))
 
 
-def _mlp_coefficients(
+def mlp_coefficients(
     model: nn.Module,
     x: torch.Tensor,
     feats: list[int],
     orders: tuple[int, ...],
     output: str,
 ) -> dict[int, torch.Tensor]:
-    """Closed-form coefficients for one chunk, in micro-batches; model already in evaluation mode."""
+    """Closed-form coefficients for one chunk, in micro-batches; model already in evaluation mode.
+
+    Parameters
+    ----------
+    model
+        A :class:`hepnn.models.MLP` accepted by :func:`is_fast_mlp`.
+    x
+        One chunk of inputs (N, F) in the model's dtype and device.
+    feats
+        Selected feature indices (sorted).
+    orders, output
+        As in :func:`output_chain`.
+
+    Returns
+    -------
+    dict of int to torch.Tensor
+        ``{order: (N, n_terms)}`` Taylor coefficients.
+    """
     assert isinstance(model, MLP)
     top = max(orders)
     widths = [lin.out_features for lin in model.linears]
@@ -349,7 +386,7 @@ def _mlp_coefficients(
         for start in range(0, x.shape[0], step):
             xs = x[start : start + step]
             s, g, hess, z = _mlp_logit_derivatives(model, xs, feats, top, consts)
-            parts.append(_output_chain(s, g, hess, orders, output, z=z))
+            parts.append(output_chain(s, g, hess, orders, output, z=z))
     if len(parts) == 1:
         return parts[0]
     return {o: torch.cat([p[o] for p in parts]) for o in orders}

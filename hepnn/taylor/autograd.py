@@ -6,13 +6,17 @@ derivative (valid because event k's output depends on event k's input only),
 so the number of backward passes is the number of features (second order) or
 feature pairs (third order), not the number of events.
 
-Private helpers; the public API is :mod:`hepnn.taylor`.
+:func:`autograd_logit_derivatives` is used by :mod:`hepnn.taylor.coefficients`
+and :mod:`hepnn.taylor.gradients`; :func:`grad` by the closed-form path
+(:mod:`hepnn.taylor.mlp`). The user-facing API is :mod:`hepnn.taylor`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+__all__ = ["autograd_logit_derivatives", "grad"]
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -27,10 +31,27 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _grad(
+def grad(
     out: torch.Tensor, x: torch.Tensor, *, create_graph: bool, seed: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Vector-Jacobian product ``seed . d out / d x``; zeros where ``out`` does not depend on ``x``."""
+    """Vector-Jacobian product ``seed . d out / d x``; zeros where ``out`` does not depend on ``x``.
+
+    Parameters
+    ----------
+    out
+        Tensor to differentiate (a scalar if ``seed`` is ``None``).
+    x
+        Input tensor with ``requires_grad``.
+    create_graph
+        Keep the graph of the derivative (for a higher order).
+    seed
+        ``grad_outputs`` of the same shape as ``out``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape of ``x``; the graph of ``out`` is retained.
+    """
     if not out.requires_grad:
         return torch.zeros_like(x)
     (g,) = torch.autograd.grad(
@@ -45,7 +66,7 @@ def _grad(
     return g
 
 
-def _autograd_logit_derivatives(
+def autograd_logit_derivatives(
     model: nn.Module, x: torch.Tensor, feats: list[int], top: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Logit derivatives by nested autograd on one graph per chunk.
@@ -57,7 +78,7 @@ def _autograd_logit_derivatives(
     first-order graph (``create_graph=True``); third order: one more per pair
     ``a <= b`` through the retained second-order graph. The logit, not the
     sigmoid, is differentiated; the output function is applied in closed form
-    by :func:`hepnn.taylor_mlp._output_chain` (shorter graphs, ~15% faster).
+    by :func:`hepnn.taylor.mlp.output_chain` (shorter graphs, ~15% faster).
 
     Returns
     -------
@@ -69,7 +90,7 @@ def _autograd_logit_derivatives(
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         s = _logits(model, xg)
-        g_full = _grad(s.sum(), xg, create_graph=top > 1).reshape(n_ev, -1)
+        g_full = grad(s.sum(), xg, create_graph=top > 1).reshape(n_ev, -1)
         g = g_full[:, feats].detach()
         if top == 1:
             return s.detach(), g, None, None
@@ -78,13 +99,13 @@ def _autograd_logit_derivatives(
         eye = torch.eye(g_full.shape[1], dtype=g_full.dtype, device=g_full.device)
         rows, cols = [], []
         for pa, a in enumerate(feats):
-            row = _grad(g_full, xg, create_graph=top > 2, seed=eye[a].expand_as(g_full))
+            row = grad(g_full, xg, create_graph=top > 2, seed=eye[a].expand_as(g_full))
             row = row.reshape(n_ev, -1)
             rows.append(row[:, feats].detach())
             # third order from this row's graph, then let it go (one graph alive at a time)
             for pb in range(pa, len(feats)) if top > 2 else ():
                 seed = eye[feats[pb]].expand_as(g_full)
-                tab = _grad(row, xg, create_graph=False, seed=seed).reshape(n_ev, -1)
+                tab = grad(row, xg, create_graph=False, seed=seed).reshape(n_ev, -1)
                 cols.append(tab[:, feats[pb:]].detach())
         hess = torch.stack(rows, dim=1)
         return s.detach(), g, hess, torch.cat(cols, dim=1) if cols else None
