@@ -2,7 +2,7 @@
 
 A workflow returns ``{"columns": {dataset: Columns({...})}}`` beside its
 histograms. ``Columns`` add by concatenation, left then right, so hepnn's
-fixed-order merge (see :mod:`hepnn.execution`) yields the events of each file
+fixed-order merge (see :mod:`hepnn.execution.merge`) yields the events of each file
 in entry order. The run writes them to ``columns/<dataset>.parquet``.
 """
 

@@ -190,7 +190,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
     return parsed
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """The first error of a pydantic validation as one line, prefixed with ``source``."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
@@ -236,7 +237,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(path))) from None
+        raise ConfigError(format_validation_error(err, str(path))) from None
     base = path.resolve().parent
     samples = cfg.samples if cfg.samples.is_absolute() else (base / cfg.samples).resolve()
     if not samples.is_file():

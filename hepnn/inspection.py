@@ -54,7 +54,7 @@ def _inspect_root(path: Path) -> str:
 
 
 def _inspect_csv(path: Path) -> str:
-    from hepnn.io.higgs_csv import LAYOUTS
+    from hepnn.io.higgs_layout import LAYOUTS
 
     with path.open("r", encoding="utf-8-sig", newline="") as fh:
         header = fh.readline().strip().split(",")

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import uproot
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hepnn.config import _format_validation_error, read_yaml
+from hepnn.config import format_validation_error, read_yaml
 from hepnn.errors import ConfigError, InputError
 
 Format = Literal["root", "higgs-csv", "part-npy", "toy-gauss"]
@@ -94,7 +94,7 @@ def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
     try:
         spec = SamplesSpec.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(path))) from None
+        raise ConfigError(format_validation_error(err, str(path))) from None
     base = path.resolve().parent
     for name, ds in spec.datasets.items():
         if ds.format == "toy-gauss":
@@ -109,7 +109,7 @@ def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
                 ToyGauss.model_validate(ds.generator or {})
             except ValidationError as err:
                 raise ConfigError(
-                    _format_validation_error(err, f"{path}: datasets.{name}.generator")
+                    format_validation_error(err, f"{path}: datasets.{name}.generator")
                 ) from None
             continue
         if not ds.files:

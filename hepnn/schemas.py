@@ -2,7 +2,7 @@
 
 Setting ``NanoAODSchema.warn_missing_crossrefs = False`` in the main process does
 not reach dask or futures workers; a subclass carrying it as a class attribute
-does (see DESIGN.md). Used for NanoAOD-like trees that are not full CMS files
+does. Used for NanoAOD-like trees that are not full CMS files
 (our converted jet samples, slimmed test files).
 """
 

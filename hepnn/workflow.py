@@ -16,7 +16,6 @@ a dask worker) returns the same module instead of failing.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import os
@@ -32,6 +31,7 @@ from coffea import processor
 from coffea.nanoevents import BaseSchema
 
 from hepnn.errors import ConfigError
+from hepnn.files import sha256_bytes, sha256_file
 
 ENTRY_POINT_GROUP = "hepnn.workflows"
 
@@ -100,7 +100,7 @@ class FoundWorkflow:
 
 
 def _module_name(path: Path) -> str:
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    digest = sha256_bytes(str(path).encode())[:10]
     return f"hepnn_workflow_{path.stem}_{digest}"
 
 
@@ -148,10 +148,6 @@ def _pick_class(module: ModuleType, path: Path, class_name: str | None) -> type:
     return found[0]
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def search_paths(config_dir: Path | None = None) -> list[Path]:
     """Folders searched for ``<name>.py`` workflows, in order."""
     paths = [Path(p) for p in os.environ.get("HEPNN_WORKFLOWS", "").split(os.pathsep) if p]
@@ -184,18 +180,18 @@ def find_workflow(spec: str, config_dir: Path | None = None) -> FoundWorkflow:
             raise ConfigError(msg)
         module = _import_file(path)
         cls = _pick_class(module, path, class_name or None)
-        return FoundWorkflow(cls, str(path.resolve()), _file_sha256(path))
+        return FoundWorkflow(cls, str(path.resolve()), sha256_file(path))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             cls = ep.load()
             src = inspect.getsourcefile(cls)
-            digest = _file_sha256(Path(src)) if src else ""
+            digest = sha256_file(Path(src)) if src else ""
             return FoundWorkflow(cls, f"entry point {ep.value}", digest)
     for folder in search_paths(config_dir):
         path = folder / f"{spec}.py"
         if path.is_file():
             module = _import_file(path)
-            return FoundWorkflow(_pick_class(module, path, None), str(path), _file_sha256(path))
+            return FoundWorkflow(_pick_class(module, path, None), str(path), sha256_file(path))
     where = ", ".join(str(p) for p in search_paths(config_dir))
     msg = f"unknown workflow {spec!r}: not an entry point in {ENTRY_POINT_GROUP!r} and no {spec}.py in {where}"
     raise ConfigError(msg)

@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from hepnn.cli import main
-from hepnn.io.higgs_csv import FEATURES, LAYOUTS
+from hepnn.io.higgs_layout import FEATURES, LAYOUTS
 
 REPO = Path(__file__).resolve().parents[1]
 NANO_DY = REPO / "samples" / "nanoaod" / "nano_dy.root"

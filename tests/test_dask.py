@@ -99,9 +99,9 @@ def test_existing_scheduler(tmp_path: Path, cluster: Any, reference: bytes) -> N
     assert (out / "hists.pkl").read_bytes() == reference
 
     def payloads() -> int:
-        import hepnn.execution
+        from hepnn.execution.task import cached_payloads
 
-        return len(hepnn.execution._PAYLOADS)
+        return cached_payloads()
 
     assert sum(cluster.run(payloads).values()) >= 1  # the chunks ran on these workers
 

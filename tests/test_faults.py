@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hepnn.cli import main
-from hepnn.execution import Chunk, TreeMerger, _describe_failure, dyadic_cover, merge_tree
+from hepnn.execution import Chunk, TreeMerger, describe_failure, dyadic_cover, merge_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "data" / "probe_workflow.py"
@@ -193,7 +193,7 @@ def test_futures_worker_process_killed(tmp_path: Path, reference: bytes) -> None
 # --------------------------------------------------------------------------- unit level
 
 
-def test_describe_failure_unwraps_and_names_the_place() -> None:
+def testdescribe_failure_unwraps_and_names_the_place() -> None:
     chunk = Chunk("d", "/data/conv.root", "Events", 100, 200, source="/data/in.csv")
     inner = ValueError("unrecognized compression algorithm: b'\\x00\\x00'\nin file /data/conv.root")
     try:
@@ -203,13 +203,13 @@ def test_describe_failure_unwraps_and_names_the_place() -> None:
             msg = f"Failed processing file: WorkItem(...). The error was: {e!r}."
             raise Exception(msg) from e
     except Exception as wrapped:
-        text = _describe_failure(wrapped, chunk, branch="Jet_pt")
+        text = describe_failure(wrapped, chunk, branch="Jet_pt")
     assert text == (
         "/data/in.csv: entries [100, 200): ValueError: "
         "unrecognized compression algorithm: b'\\x00\\x00' (branch Jet_pt)"
     )
     multi = OSError("expected Chunk of length 146,\nreceived 0 bytes\nfor file path /x.root")
-    assert _describe_failure(multi) == "OSError: expected Chunk of length 146, received 0 bytes"
+    assert describe_failure(multi) == "OSError: expected Chunk of length 146, received 0 bytes"
 
 
 def _reference_sum(values: dict[int, float], n: int) -> float | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import awkward as ak
 import numpy as np
+import pyarrow.csv as pa_csv
 import pytest
 import uproot
 from hypothesis import event, given, settings
@@ -17,16 +18,9 @@ from hypothesis import strategies as st
 
 from hepnn.errors import InputError
 from hepnn.io import higgs_csv
-from hepnn.io.higgs_csv import (
-    FEATURES,
-    KAGGLE_SET_CODES,
-    LAYOUTS,
-    MISSING_VALUE,
-    ConvertedCSV,
-    convert_csv,
-    mask_missing,
-    with_missing,
-)
+from hepnn.io.higgs_csv import ConvertedCSV, convert_csv
+from hepnn.io.higgs_layout import FEATURES, KAGGLE_SET_CODES, LAYOUTS, MISSING_VALUE
+from hepnn.io.missing import mask_missing, with_missing
 
 FLOAT_COLUMNS = [
     c for c in LAYOUTS["cern-v2"] if c not in {"EventId", "PRI_jet_num", "Label", "KaggleSet"}
@@ -211,8 +205,8 @@ def test_cache_hit_does_not_reparse(
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("the CSV was parsed or written again on a cache hit")
 
-    monkeypatch.setattr(higgs_csv.pa_csv, "open_csv", fail)
-    monkeypatch.setattr(higgs_csv.uproot, "recreate", fail)
+    monkeypatch.setattr(pa_csv, "open_csv", fail)
+    monkeypatch.setattr(uproot, "recreate", fail)
     second = convert_csv(csv_path, cache)
     assert second == first
     after = second.root_path.stat()
@@ -255,9 +249,9 @@ def test_cache_invalidated(
     else:
         first.root_path.unlink()
     calls = []
-    real_open_csv = higgs_csv.pa_csv.open_csv
+    real_open_csv = pa_csv.open_csv
     monkeypatch.setattr(
-        higgs_csv.pa_csv, "open_csv", lambda *a, **k: calls.append(1) or real_open_csv(*a, **k)
+        pa_csv, "open_csv", lambda *a, **k: calls.append(1) or real_open_csv(*a, **k)
     )
     second = convert_csv(csv_path, cache)
     assert calls == [1]

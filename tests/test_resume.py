@@ -15,8 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from hepnn.checkpoints import CHECKPOINT_DIR, model_digest, run_fingerprint
 from hepnn.cli import main
+from hepnn.execution import CHECKPOINT_DIR, model_digest, run_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "data" / "probe_workflow.py"

@@ -28,7 +28,7 @@ import numpy as np
 
 from hepnn.bands import replica_hists
 from hepnn.columns import Columns
-from hepnn.io.higgs_csv import with_missing
+from hepnn.io.missing import with_missing
 from hepnn.schemas import BaseSchema
 from hepnn.variables import network_score, replica_scores
 from hepnn.workflow import Workflow

@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ import numpy as np
 import uproot
 
 from hepnn.errors import InputError
-from hepnn.files import write_json
+from hepnn.files import atomic_path, write_json
 
 #: Bump when the converted file's content changes: old cache entries are then ignored.
 CONVERTER_VERSION = 1
@@ -321,36 +320,28 @@ def convert_part_npy(
         return cached
 
     jets = read_part_npy(source, chunk_jets=chunk_jets)
-    tmp = cache / f".{root_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with uproot.recreate(tmp) as f:
-            tree = None
-            for start in range(0, jets.n_jets, chunk_jets):
-                sl = slice(start, start + chunk_jets)
-                cols = _jet_columns(
-                    np.asarray(jets.vectors[sl]),
-                    np.asarray(jets.points[sl]),
-                    np.asarray(jets.mask[sl]),
-                    jets.labels[sl],
-                    start,
-                )
-                if tree is None:
-                    tree = f.mktree(
-                        TREENAME,
-                        {
-                            k: c.type if isinstance(c, ak.Array) else c.dtype
-                            for k, c in cols.items()
-                        },
-                        counter_name=lambda c: "n" + c,
-                        field_name=lambda outer, inner: outer + "_" + inner,
-                    )
-                tree.extend(cols)
+    with atomic_path(root_path) as tmp, uproot.recreate(tmp) as f:
+        tree = None
+        for start in range(0, jets.n_jets, chunk_jets):
+            sl = slice(start, start + chunk_jets)
+            cols = _jet_columns(
+                np.asarray(jets.vectors[sl]),
+                np.asarray(jets.points[sl]),
+                np.asarray(jets.mask[sl]),
+                jets.labels[sl],
+                start,
+            )
             if tree is None:
-                msg = f"{files['labels']}: no jets"
-                raise InputError(msg)
-        os.replace(tmp, root_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+                tree = f.mktree(
+                    TREENAME,
+                    {k: c.type if isinstance(c, ak.Array) else c.dtype for k, c in cols.items()},
+                    counter_name=lambda c: "n" + c,
+                    field_name=lambda outer, inner: outer + "_" + inner,
+                )
+            tree.extend(cols)
+        if tree is None:
+            msg = f"{files['labels']}: no jets"
+            raise InputError(msg)
     meta = {
         "converter_version": CONVERTER_VERSION,
         "sha256": digest,

@@ -13,7 +13,6 @@ hash of its parameters, like an imported CSV.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import uproot
 from pydantic import BaseModel, ConfigDict, Field
 
-from hepnn.files import atomic_path
+from hepnn.files import atomic_path, sha256_bytes
 
 TREENAME = "Events"
 GENERATOR_VERSION = 1
@@ -90,7 +89,7 @@ def log_likelihood_ratio(x1: np.ndarray, x2: np.ndarray, spec: ToyGauss) -> np.n
 def generate_toy(spec: ToyGauss, cache_dir: Path) -> GeneratedToy:
     """Generate (or reuse from ``cache_dir``) the toy as a ROOT file."""
     key = json.dumps({"v": GENERATOR_VERSION, **spec.model_dump()}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    digest = sha256_bytes(key.encode())[:16]
     path = Path(cache_dir) / f"toy-gauss-{digest}.root"
     n = 2 * spec.events_per_class
     if not path.is_file():

@@ -1,7 +1,7 @@
 """Per-chunk checkpoints: ``hepnn run --resume`` reuses the chunks a killed run finished.
 
 coffea's ``SimpleCheckpointer`` keys only on dataset/file/entry range, so a rerun
-with a changed workflow or model silently reuses old results (see DESIGN.md).
+with a changed workflow or model silently reuses old results.
 Here every checkpoint is keyed on a *run fingerprint* — the sha256 of
 
 * the resolved config without the settings that cannot change a histogram
@@ -17,7 +17,7 @@ checkpoint is never used for it.
 
 Layout: ``OUTDIR/.checkpoints/<fingerprint[:20]>/<sha256(chunk key)[:32]>.pkl``
 and a ``fingerprint.json`` that records what the fingerprint was made of. Each
-pickle holds the chunk's merge-tree nodes (:mod:`hepnn.execution`); it is written
+pickle holds the chunk's merge-tree nodes (:mod:`hepnn.execution.merge`); it is written
 to a temporary name and renamed, so a killed run never leaves half a checkpoint.
 The main process writes them as chunks come back, so workers on a cluster need
 no shared file system for checkpoints.
@@ -28,7 +28,6 @@ The pickles are **our own output**, loaded with :mod:`pickle`: never point
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import shutil
@@ -37,19 +36,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from hepnn.files import atomic_write
+from hepnn.files import atomic_bytes, atomic_write, sha256_bytes, sha256_file
 
 CHECKPOINT_DIR = ".checkpoints"
 FINGERPRINT_FILE = "fingerprint.json"
 _VERSIONED = ("hepnn", "coffea", "uproot", "awkward", "hist", "numpy", "torch")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_digest(path: str | Path) -> str:
@@ -71,10 +62,12 @@ def model_digest(path: str | Path) -> str:
         base = p.parent
     else:
         return "missing"
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(base)).encode() + b"\0" + _sha256_file(f).encode() + b"\0")
-    return h.hexdigest()
+    return sha256_bytes(
+        b"".join(
+            str(f.relative_to(base)).encode() + b"\0" + sha256_file(f).encode() + b"\0"
+            for f in files
+        )
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -115,9 +108,9 @@ def run_fingerprint(
         The parts, JSON-able, with their sha256 under ``"fingerprint"``.
     """
     relevant = {k: v for k, v in config.items() if k not in {"executor", "outputs"}}
-    relevant_hash = hashlib.sha256(
+    relevant_hash = sha256_bytes(
         json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str).encode()
-    ).hexdigest()
+    )
     parts: dict[str, Any] = {
         "config_sha256": relevant_hash,
         "workflow_sha256": workflow_sha256,
@@ -127,7 +120,7 @@ def run_fingerprint(
         "versions": _versions(),
     }
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"))
-    parts["fingerprint"] = hashlib.sha256(blob.encode()).hexdigest()
+    parts["fingerprint"] = sha256_bytes(blob.encode())
     return parts
 
 
@@ -165,7 +158,7 @@ class ChunkCheckpoints:
                         old.unlink(missing_ok=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         blob = json.dumps(dict(fingerprint), indent=2, sort_keys=True).encode()
-        atomic_write(self.folder / FINGERPRINT_FILE, lambda fh: fh.write(blob + b"\n"))
+        atomic_bytes(self.folder / FINGERPRINT_FILE, blob + b"\n")
 
     def _file_id(self, filename: str) -> tuple[int, int]:
         if filename not in self._stat:
@@ -180,7 +173,7 @@ class ChunkCheckpoints:
             [self.fingerprint, dataset, filename, treename, start, stop, size, mtime],
             separators=(",", ":"),
         )
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return sha256_bytes(blob.encode())
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{key[:32]}.pkl"
