@@ -5,8 +5,8 @@ Run on demand (not part of the tests)::
     python benchmarks/bench_dnn.py                 # 1 seed, 1 thread, ~30 s
     python benchmarks/bench_dnn.py --seeds 1234 1 2 3
 
-(a) Validation AUC of the default :class:`hepnn.train.TrainSettings` network
-    against sklearn's ``HistGradientBoostingClassifier`` (default settings) on the
+(a) Validation AUC of the higgs config's DNN (3x128 tanh, default
+    :class:`hepnn.nets.spec.TrainingSpec`) against sklearn's ``HistGradientBoostingClassifier`` (default settings) on the
     same 30 features and the same parity split (train on even ``EventId``,
     evaluate on odd). The GBT is run twice: on the raw features with missing
     values as NaN (its native missing-value handling) and on exactly the DNN's
@@ -33,10 +33,13 @@ from rich.table import Table
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
-from hepnn.features import MISSING_VALUE
 from hepnn.models.forward import MICRO_BATCH, padded_apply, torch_threads
-from hepnn.train import TrainSettings, train
-from hepnn.variables import network_score
+from hepnn.nets.apply import network_score
+from hepnn.nets.data import TrainingData
+from hepnn.nets.flat import MISSING_VALUE, FlatBuilder
+from hepnn.nets.spec import FlatInputs, NetworkSpec
+from hepnn.nets.store import save_network
+from hepnn.nets.train import train_network
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO / "samples" / "higgs_challenge_18k.csv"
@@ -56,6 +59,19 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def dnn_spec(features: list[str], seed: int, threads: int, epochs: int | None) -> NetworkSpec:
+    """The higgs config's network on ``features``, parity split (train even, validate odd)."""
+    training = {"seed": seed, "threads": threads} | ({} if epochs is None else {"epochs": epochs})
+    return NetworkSpec.model_validate(
+        {
+            "inputs": {"kind": "flat", "features": features, "missing_flags": "auto"},
+            "params": {"hidden": [128, 128, 128], "activation": "tanh", "dropout": 0.1},
+            "training": training,
+            "split": {"method": "parity", "id_column": "EventId"},
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,22 +103,20 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = workdir / "model"
     dnn_aucs = []
     first = None
+    builder = FlatBuilder(FlatInputs(features=features))
+    data = TrainingData(
+        builder.raw(cols), labels, ids.astype(np.int64), weights.astype(np.float64),
+        np.ones(len(labels), dtype=bool), [],
+    )  # fmt: skip
     for i, seed in enumerate(args.seeds):
-        extra = {} if args.epochs is None else {"epochs": args.epochs}
-        settings = TrainSettings(features=features, seed=seed, threads=args.threads, **extra)
+        spec = dnn_spec(features, seed, args.threads, args.epochs)
         t0 = time.perf_counter()
-        result = train(
-            settings,
-            cols,
-            labels,
-            weights,
-            ids,
-            model_dir if i == 0 else None,
-            progress=False,
-        )
+        result = train_network("dnn", spec, data, progress=False)
         elapsed = time.perf_counter() - t0
+        if i == 0:
+            save_network(model_dir, "dnn", result, data)
         first = first or result
-        m = result.metrics
+        m = result.models[0].metrics
         dnn_aucs.append(m["val_auc"])
         quality.add_row(
             f"DNN 3x128 tanh, seed {seed}",
@@ -112,11 +126,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['epochs_run']} ({m['best_epoch']})",
         )
     assert first is not None
-    prep = first.models[0].prep
+    prep = first.models[0].builder
 
     raw = np.stack([cols[f].astype(np.float64) for f in features], axis=1)
     raw[raw == MISSING_VALUE] = np.nan
-    prepared = prep.transform(cols)
+    prepared = prep.transform(prep.raw(cols))
     gbt_aucs = {}
     for name, x in (("raw, NaN missing", raw), ("DNN inputs", prepared)):
         t0 = time.perf_counter()
@@ -141,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # ------------------------------------------------------------ (b) overhead
     tiled = {k: np.tile(v, args.tile) for k, v in cols.items() if k != "Label"}
-    model = first.model
-    x = torch.from_numpy(prep.transform(tiled))
+    model = first.models[0].model
+    x = torch.from_numpy(prep.transform(prep.raw(tiled)))
     n = x.shape[0]
 
     def bare() -> None:
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     network_score(model_dir, tiled)  # warm the cache: one load per process
     t_bare = best_of(bare, args.repeat)
     t_score = best_of(lambda: network_score(model_dir, tiled), args.repeat)
-    t_prep = best_of(lambda: prep.transform(tiled), args.repeat)
+    t_prep = best_of(lambda: prep.transform(prep.raw(tiled)), args.repeat)
     t_padded = best_of(lambda: padded_apply(model, x, MICRO_BATCH), args.repeat)
     speed = Table(
         title=f"(b) inference on {n:,} events, {args.threads} thread(s), best of {args.repeat}"

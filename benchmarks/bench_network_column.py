@@ -19,7 +19,9 @@ import uproot
 
 from hepnn.config import load_config
 from hepnn.execution import run_workflow
-from hepnn.networks import train_network
+from hepnn.nets.data import DataReader
+from hepnn.nets.store import save_network
+from hepnn.nets.train import train_network
 from hepnn.pipeline import prepare
 from hepnn.samples import Dataset, FileEntry
 from hepnn.workflow import WorkflowContext
@@ -63,12 +65,16 @@ def main() -> None:
         spec = spec.model_copy(
             update={"training": spec.training.model_copy(update={"epochs": args.epochs})}
         )
-        model = train_network("dnn", spec, datasets, tmp / "models", progress=False)
+        data = DataReader(datasets).training_data("dnn", spec)
+        result = train_network("dnn", spec, data, progress=False)
+        model = save_network(tmp / "models" / "dnn", "dnn", result, data)
         ds = {name: tiled_dataset(d, args.repeat, tmp) for name, d in datasets.items()}
         n = sum(d.entries for d in ds.values())
         rows = {}
         for label, models in (("without network", {}), ("with network", {"dnn": str(model)})):
-            ctx = WorkflowContext(datasets={k: {} for k in ds}, models=models)
+            ctx = WorkflowContext(
+                datasets={k: {} for k in ds}, models=models, kinds=dict.fromkeys(models, "flat")
+            )
             best = float("inf")
             for _ in range(args.trials):
                 t0 = time.perf_counter()

@@ -95,12 +95,17 @@ def higgs_network() -> dict:
 def train_dnn(folder: Path, epochs: int) -> None:
     """Train the higgs DNN once on the shipped 18k events into ``folder/models``."""
     from hepnn.config import load_config
-    from hepnn.networks import train_network
+    from hepnn.nets.data import DataReader
+    from hepnn.nets.store import save_network
+    from hepnn.nets.train import train_network
     from hepnn.pipeline import prepare
 
     cfg = load_config(REPO / "configs" / "higgs.yaml", [f"networks.dnn.training.epochs={epochs}"])
     datasets, _ = prepare(cfg, progress=False)
-    train_network("dnn", cfg.networks["dnn"], datasets, folder / "models", progress=False)
+    spec = cfg.networks["dnn"]
+    data = DataReader(datasets).training_data("dnn", spec)
+    result = train_network("dnn", spec, data, progress=False)
+    save_network(folder / "models" / "dnn", "dnn", result, data)
 
 
 def write_config(folder: Path, csv: Path, name: str, workers: int, chunksize: int) -> Path:
@@ -131,15 +136,15 @@ def one_run(config: Path, size: int) -> None:
 
     cfg = load_config(config)
     with peak_rss() as peaks:
-        summary = run_config(
+        run = run_config(
             cfg,
             config.parent / f"out_{config.stem}",
             progress=False,
             models_dir=config.parent / "models",
         )
-    acc = next(iter(summary.manifest["datasets"].values()))
+    acc = next(iter(run.manifest["datasets"].values()))
     assert acc["entries_processed"] == size, acc
-    seconds = summary.manifest["processing_time_s"]
+    seconds = run.manifest["processing_time_s"]
     print(json.dumps({"rate": size / seconds, "seconds": seconds, **peaks}))
 
 

@@ -177,8 +177,9 @@ def rank(
 ) -> None:
     """Rank the inputs of CONFIG's trained networks by their Taylor coefficients."""
     from hepnn.config import TaylorConfig
-    from hepnn.networks import find_model, rank_networks
-    from hepnn.pipeline import cache_dir, default_outdir
+    from hepnn.nets.data import DataReader
+    from hepnn.nets.lifecycle import prepare_networks
+    from hepnn.pipeline import Run, cache_dir, default_outdir, rank_networks
     from hepnn.samples import load_samples, resolve_samples
 
     cfg = _load(config, sets, samples=samples)
@@ -191,13 +192,15 @@ def rank(
     cfg.taylor = taylor.model_copy(update=update)
     out = Path(outdir) if outdir else default_outdir(cfg)
     mdir = Path(models_dir) if models_dir else out / "models"
-    models = {name: find_model(name, mdir) for name in cfg.networks}
-    datasets = resolve_samples(load_samples(cfg.samples), cache_dir())
-    files = rank_networks(cfg, models, datasets, out, progress=True)
-    for f in files:
+    run = Run(cfg, out, models_dir=mdir)
+    run.datasets = resolve_samples(load_samples(cfg.samples), cache_dir())
+    run.reader = DataReader(run.datasets)
+    run.networks = prepare_networks(cfg, run.reader, out, mdir)
+    rank_networks(run)
+    for f in run.files:
         if f.suffix == ".md":
             click.echo(f.read_text(encoding="utf-8"))
-    console.print(f"wrote {len(files)} files to {out / 'ranking'}")
+    console.print(f"wrote {len(run.files)} files to {out / 'ranking'}")
 
 
 @main.command()
@@ -220,14 +223,13 @@ def plot(outdir: str, formats: tuple[str, ...]) -> None:
     if not path.is_file():
         msg = f"{path}: not found (is {outdir} the output folder of a hepnn run?)"
         raise InputError(msg)
-    from hepnn.config import OutputConfig
-    from hepnn.reporting import band_outputs
+    from hepnn.bands import band_outputs
 
     hists = load_hists(path)
     fmts = list(formats or ("png", "pdf"))
     written = plot_hists(hists, Path(outdir) / "plots", fmts)
     # bands are drawn from the replica histograms (summaries recomputed, not saved here)
-    written += band_outputs(hists, Path(outdir) / "plots", OutputConfig(plot_formats=fmts))[1]
+    written += band_outputs(hists, Path(outdir) / "plots", plots=True, formats=fmts)[1]
     console.print(f"wrote {len(written)} plots to {Path(outdir) / 'plots'}")
 
 

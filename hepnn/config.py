@@ -26,8 +26,7 @@ from pydantic import (
 )
 
 from hepnn.errors import ConfigError
-from hepnn.jets.taggers import TaggerMap
-from hepnn.networks import NetworkSpec
+from hepnn.nets.spec import OLD_FORM_HELP, NetworkMap, old_form
 
 
 class _Strict(BaseModel):
@@ -98,11 +97,11 @@ class TaylorConfig(_Strict):
 
 
 class CrossValidationConfig(_Strict):
-    """K-fold cross-validated evaluation of the taggers and baselines (hepnn.jets.tagger_cv).
+    """K-fold cross-validated evaluation of the networks and baselines (hepnn.nets.cv).
 
-    Jet ids are hashed into ``folds`` folds from ``seed``; fold k is tested by
+    Row ids are hashed into ``folds`` folds from ``seed``; fold k is tested by
     models trained on the other folds (fold k+1 for early stopping). Evaluation
-    only: the deployed taggers keep their single split.
+    only: the deployed networks keep their own split.
     """
 
     folds: int = Field(5, description="folds (>= 3: one tests, one validates, the rest train)")
@@ -132,15 +131,12 @@ class Config(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="free options passed to the workflow"
     )
-    networks: dict[str, NetworkSpec] = Field(
-        default_factory=dict, description="networks to train and apply (hepnn.networks)"
-    )
-    taggers: TaggerMap = Field(
-        default_factory=dict, description="jet taggers to train and apply (hepnn.jets.taggers)"
+    networks: NetworkMap = Field(
+        default_factory=dict, description="networks to train and apply (hepnn.nets.spec)"
     )
     taylor: TaylorConfig | None = None
     cross_validation: CrossValidationConfig | None = Field(
-        None, description="k-fold evaluation of the taggers (off unless configured)"
+        None, description="k-fold evaluation of the networks (off unless configured)"
     )
     uncertainty: UncertaintyConfig = UncertaintyConfig()
     _source: Path | None = PrivateAttr(default=None)
@@ -154,9 +150,9 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _cross_validation_needs_taggers(self) -> Config:
-        if self.cross_validation is not None and not any(t.train for t in self.taggers.values()):
-            msg = "cross_validation needs at least one tagger to train (taggers: ...)"
+    def _cross_validation_needs_networks(self) -> Config:
+        if self.cross_validation is not None and not any(n.train for n in self.networks.values()):
+            msg = "cross_validation needs at least one network to train (networks: ...)"
             raise ValueError(msg)
         return self
 
@@ -204,6 +200,20 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {loc}: {first['msg']}{got_s}{more}"
 
 
+def _refuse_old_form(data: dict[str, Any], source: str) -> None:
+    """One line saying how to migrate a hepnn 0.1 config (``taggers:``, ``training.features``)."""
+    if "taggers" in data:
+        msg = f"{source}: taggers: {OLD_FORM_HELP}"
+        raise ConfigError(msg)
+    networks = data.get("networks")
+    if isinstance(networks, dict):
+        for name, entry in networks.items():
+            where = old_form(str(name), entry)
+            if where is not None:
+                msg = f"{source}: {where}: {OLD_FORM_HELP}"
+                raise ConfigError(msg)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping with ``yaml.safe_load`` and a one-line error naming the file."""
     if not path.is_file():
@@ -234,6 +244,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = read_yaml(path)
     for key, value in parse_overrides(overrides):
         _set_dotted(data, key, value, str(path))
+    _refuse_old_form(data, str(path))
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:

@@ -36,7 +36,7 @@ Random numbers: ``Random:setSeed = on``, ``Random:seed = seed`` with ``seed`` in
 reproducible). The same seed and settings give bitwise-identical arrays.
 
 File layout (tree ``Events``, one jet per event, as :mod:`hepnn.io.part_npy`
-writes, so :func:`hepnn.jets.taggers.fatjet_batch` and ``NanoAODSchema`` read it):
+writes, so :func:`hepnn.jets.batch.fatjet_batch` and ``NanoAODSchema`` read it):
 
 - ``run`` = ``luminosityBlock`` = 1 (uint32), ``event`` (uint64, the jet's row),
   ``label`` (int32), ``genEventIndex`` (uint64, the Pythia event the jet came from);

@@ -1,9 +1,8 @@
 """Writing a run's histograms: ``hists.pkl`` and ``hists.root``.
 
-Every file is written to a temporary name in the same folder and renamed into
-place, so an interrupted run never leaves a half-written file under the final
-name. ``manifest.json`` is removed when a run starts and written last: an output
-folder without it is not complete.
+Every file is written atomically (:mod:`hepnn.files`). The run's manifest is
+removed when a run starts (:func:`start_outdir`) and written last
+(:mod:`hepnn.manifest`): an output folder without it is not complete.
 
 ``hists.pkl`` is a plain pickle of ``dict[str, hist.Hist]`` — our own output,
 loadable with ``pickle`` and ``hist`` alone. Unpickle only files you trust.
@@ -20,8 +19,6 @@ import hist
 import uproot
 
 from hepnn.files import atomic_path, atomic_write
-
-MANIFEST = "manifest.json"
 
 
 def write_pickle(path: Path, hists: dict[str, hist.Hist]) -> None:
@@ -96,7 +93,7 @@ def write_root(
     return list(objs)
 
 
-def start_outdir(outdir: Path) -> None:
-    """Create ``outdir`` and remove an old manifest so a failed run never looks complete."""
+def start_outdir(outdir: Path, manifest: str) -> None:
+    """Create ``outdir`` and remove an old ``manifest`` so a failed run never looks complete."""
     outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / MANIFEST).unlink(missing_ok=True)
+    (outdir / manifest).unlink(missing_ok=True)

@@ -48,26 +48,34 @@ class WorkflowContext:
         Dataset name → metadata, in the samples YAML's order; use it to declare
         categorical axes up front (growth axes depend on merge order).
     models
-        Network name → model file path (``model.json``) to apply as columns.
+        Network name → model folder, for every network of the config.
+    kinds
+        Network name → kind of input (``flat``, ``image``, ``sequence``).
     seed
         The config seed.
     mc_dropout
         ``{"samples": T, "seed": S}`` when MC-dropout bands are asked for, else empty.
     ensembles
-        Network name → model paths of its ensemble members (member 0 = the network).
-    taggers
-        Jet-tagger name → model folder, applied per jet with
-        :func:`hepnn.jets.taggers.score_batch` (images / constituent sequences,
-        not flat columns, hence apart from ``models``).
+        Network name → model folders of its ensemble members (member 0 = the network).
     """
 
     options: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
     seed: int = 1234
     mc_dropout: dict[str, int] = field(default_factory=dict)
     ensembles: dict[str, list[str]] = field(default_factory=dict)
-    taggers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def flat_networks(self) -> dict[str, str]:
+        """Networks on event columns (:func:`hepnn.nets.apply.network_score`)."""
+        return {n: p for n, p in self.models.items() if self.kinds.get(n, "flat") == "flat"}
+
+    @property
+    def jet_networks(self) -> dict[str, str]:
+        """Networks on jets (:func:`hepnn.nets.apply.jet_scores`)."""
+        return {n: p for n, p in self.models.items() if self.kinds.get(n, "flat") != "flat"}
 
 
 class Workflow(processor.ProcessorABC):

@@ -107,7 +107,7 @@ def test_qcd_differs_from_top(top: GeneratedJets, qcd: GeneratedJets) -> None:
 
 
 def test_file_readable_by_fatjet_batch(top: GeneratedJets, tmp_path: Path) -> None:
-    from hepnn.jets.taggers import fatjet_batch
+    from hepnn.jets.batch import fatjet_batch
 
     path = write_jets(top, tmp_path / "top.root")
     assert [p.name for p in tmp_path.iterdir()] == ["top.root"]  # no temporary left

@@ -39,13 +39,25 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_model_files_and_metrics(trained: Path) -> None:
     meta = json.loads((trained / "models" / "dnn" / "model.json").read_text())
-    assert len(meta["features"] if "features" in meta else meta["preps"][0]["features"]) >= 30
+    assert meta["format_version"] == 2
+    assert meta["kind"] == "flat"
+    assert meta["inputs"]["kind"] == "flat"
+    assert len(meta["inputs"]["features"]) == 30
+    assert len(meta["input_names"]) == 33  # 30 features + 3 missing-value flags (auto)
+    assert meta["split"]["method"] == "kfold"
+    assert [m["file"] for m in meta["models"]] == [f"model_fold{i}.pt" for i in range(4)]
     for f in trained.glob("models/dnn/model*.pt"):
         assert f.stat().st_size > 1000
-    metrics = json.loads((trained / "metrics.json").read_text())["dnn"]
-    assert metrics["split"] == "kfold"
+    member = json.loads((trained / "models" / "dnn_member1" / "model.json").read_text())
+    assert member["split"] == meta["split"]  # ensemble members share the split
+    assert member["seed"] == meta["seed"] + 1
+    top = json.loads((trained / "metrics.json").read_text())
+    assert set(top) == {"networks", "baselines"}  # no cross_validation section configured
+    metrics = top["networks"]["dnn"]
+    assert metrics["kind"] == "flat"
+    assert metrics["split"]["method"] == "kfold"
     m = metrics["datasets"]["higgs_challenge"]
-    assert m["events"] == 18000  # k-fold: every event scored by a model that did not see it
+    assert m["rows"] == 18000  # k-fold: every event scored by a model that did not see it
     assert 0.75 < m["auc"] <= 1.0
     assert m["ams_best"] > 0
 
@@ -99,7 +111,7 @@ def test_models_reuse_is_bitwise(trained: Path, tmp_path: Path) -> None:
         REPO / "configs" / "higgs.yaml",
         [*QUICK, "executor.name=futures", "executor.workers=2", "executor.chunksize=20000"],
     )
-    summary = run_config(cfg, tmp_path, progress=False, models_dir=trained / "models")
+    run = run_config(cfg, tmp_path, progress=False, models_dir=trained / "models")
     assert not (tmp_path / "models").exists()  # nothing retrained
     a = pq.read_table(trained / "columns" / "higgs_challenge.parquet").to_pandas()
     b = pq.read_table(tmp_path / "columns" / "higgs_challenge.parquet").to_pandas()
@@ -107,9 +119,8 @@ def test_models_reuse_is_bitwise(trained: Path, tmp_path: Path) -> None:
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
     ref = pickle.loads((trained / "hists.pkl").read_bytes())
     for name in ("score_dnn", "score_dnn_mcdropout", "score_dnn_ensemble", "DER_mass_MMC_cut_dnn"):
-        assert np.array_equal(
-            ref[name].view(flow=True), summary.result.output[name].view(flow=True)
-        ), name
+        assert np.array_equal(ref[name].view(flow=True), run.hists[name].view(flow=True)), name
+    assert run.manifest["networks"]["dnn"]["trained"] is False
 
 
 def test_missing_models_dir_is_one_line_error(tmp_path: Path) -> None:

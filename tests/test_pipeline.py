@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +108,10 @@ def test_dask_executor_bitwise_equal(higgs_run: Path) -> None:
         REPO / "configs" / "higgs.yaml",
         [*FAST, "executor.name=dask", "executor.workers=2", "executor.chunksize=10000"],
     )
-    summary = run_config(cfg, higgs_run.parent / "dask", progress=False)
-    assert summary.manifest["datasets"]["higgs_challenge"]["entries_processed"] == 18000
+    run = run_config(cfg, higgs_run.parent / "dask", progress=False)
+    assert run.manifest["datasets"]["higgs_challenge"]["entries_processed"] == 18000
     for name in ref:
-        assert np.array_equal(
-            ref[name].view(flow=True), summary.result.output[name].view(flow=True)
-        ), name
+        assert np.array_equal(ref[name].view(flow=True), run.hists[name].view(flow=True)), name
 
 
 def test_block_merge_is_chunking_independent(tmp_path: Path) -> None:
@@ -135,13 +134,13 @@ def test_block_merge_is_chunking_independent(tmp_path: Path) -> None:
 
 def test_fatjets_processes_every_file(tmp_path: Path) -> None:
     cfg = load_config(REPO / "configs" / "fatjets.yaml", [*FAST, "options.fatjet_pt_min=0"])
-    summary = run_config(cfg, tmp_path, progress=False)
+    run = run_config(cfg, tmp_path, progress=False)
     expected = {"ttbar_v15": 200, "qcd_pfnano": 10, "dy": 40, "dimuon_2018": 40}
     for name, n in expected.items():
-        acc = summary.manifest["datasets"][name]
+        acc = run.manifest["datasets"][name]
         assert acc["entries_expected"] == n
         assert acc["entries_processed"] == n
-    hists = summary.result.output
+    hists = run.hists
     # independent count of FatJets with uproot (these two files have only genWeight > 0)
     for name, fname in (("ttbar_v15", "nano_tt_v15.root"), ("qcd_pfnano", "pfnano.root")):
         with uproot.open(REPO / "samples" / "nanoaod" / fname) as f:
@@ -152,12 +151,45 @@ def test_fatjets_processes_every_file(tmp_path: Path) -> None:
     assert hists["njet"][{"dataset": "dimuon_2018"}].sum(flow=True).value == 40
     # without --models: kinematics only, FatJets counted by constituent status
     assert not any(name.startswith("fatjet_score") for name in hists)
-    assert summary.manifest["taggers"] == {}
+    assert run.manifest["networks"] == {}
+    assert "taggers" not in run.manifest
     status = hists["fatjet_constituent_status"]
     assert status[{"dataset": "ttbar_v15", "status": "no constituents linked"}] == 2
     with uproot.open(REPO / "samples" / "nanoaod" / "nano_dy.root") as f:
         n_dy = int(f["Events"]["nFatJet"].array(library="np").sum())
     assert status[{"dataset": "dy", "status": "no PF candidate table"}] == n_dy
+
+
+def test_run_is_the_list_of_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_config`` runs :data:`STAGES` in order, each once, and returns the ``Run`` state."""
+    from hepnn import pipeline
+
+    names = [stage.__name__ for stage in pipeline.STAGES]
+    assert names[0] == "resolve_inputs"
+    assert names[-1] == "finish"  # the manifest is written last
+    assert len(set(names)) == len(names)
+    assert all(stage.__doc__ for stage in pipeline.STAGES)
+    seen: list[str] = []
+
+    def recorded(stage: Callable[[pipeline.Run], None]) -> Callable[[pipeline.Run], None]:
+        def wrapper(run: pipeline.Run) -> None:
+            assert not (tmp_path / "manifest.json").exists()  # written by the last stage only
+            seen.append(stage.__name__)
+            stage(run)
+
+        return wrapper
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple(recorded(s) for s in pipeline.STAGES))
+    cfg = load_config(REPO / "configs" / "fatjets.yaml", FAST)
+    run = run_config(cfg, tmp_path, progress=False)
+    assert seen == names
+    assert isinstance(run, pipeline.Run)
+    assert run.networks == {}
+    assert run.reader is None  # no networks: nothing read for training
+    assert tmp_path / "manifest.json" in run.files
+    assert set(run.manifest["outputs"]) == {
+        str(f.relative_to(tmp_path)) for f in run.files if f.name != "manifest.json"
+    }
 
 
 @pytest.mark.parametrize(

@@ -224,7 +224,7 @@ def test_interrupted_run_leaves_no_manifest_nor_partial_pickle(
     assert (out / "hists.pkl").read_bytes() == reference
 
     # interrupted while writing hists.pkl: nothing half-written under the final name
-    import hepnn.pipeline
+    import hepnn.outputs
     from hepnn.files import atomic_write
 
     def half_write_pickle(path: Path, hists: object) -> None:
@@ -234,7 +234,8 @@ def test_interrupted_run_leaves_no_manifest_nor_partial_pickle(
 
         atomic_write(path, writer)
 
-    monkeypatch.setattr(hepnn.pipeline, "write_pickle", half_write_pickle)
+    # the write_results stage imports write_pickle from hepnn.outputs when it runs
+    monkeypatch.setattr(hepnn.outputs, "write_pickle", half_write_pickle)
     res = hepnn_run(config, out, "--resume")
     assert res.exit_code == 130, res.output
     assert not (out / "manifest.json").exists()

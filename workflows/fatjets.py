@@ -10,7 +10,7 @@ has it. MC events are weighted by the sign of ``genWeight``; data events by 1.
 With taggers (``hepnn run configs/fatjets.yaml --models OUT/models``, e.g. the
 ``models`` folder of a ``configs/toptag.yaml`` run), every FatJet above
 ``fatjet_pt_min`` that has linked PF candidates gets each tagger's score
-(:func:`hepnn.jets.taggers.score_batch`: images / sequences built from the real
+(:func:`hepnn.nets.apply.jet_scores`: images / sequences built from the real
 PF candidates, deterministic for any chunking). FatJets without a score are
 counted in ``fatjet_constituent_status``:
 
@@ -37,8 +37,9 @@ import hist
 import numpy as np
 
 from hepnn.columns import Columns
+from hepnn.jets.batch import constituent_layout, fatjet_batch
 from hepnn.jets.nanoaod import fatjet_constituents
-from hepnn.jets.taggers import constituent_layout, fatjet_batch, score_batch
+from hepnn.nets.apply import jet_scores
 from hepnn.schemas import NanoSchema
 from hepnn.workflow import Workflow
 
@@ -165,10 +166,10 @@ class FatJets(Workflow):
         out["fatjet_constituent_status"].fill(dataset=dataset, status=status)
 
         scores = {}
-        for tagger, path in self.context.taggers.items():
+        for tagger, path in self.context.jet_networks.items():
             # NaN where there is nothing to score: an empty jet or no link table.
             scores[tagger] = (
-                score_batch(path, batch)[0]
+                jet_scores(path, batch)
                 if batch is not None
                 else np.full(len(pt_flat), np.nan, dtype=np.float32)
             )

@@ -10,8 +10,8 @@ kinematics of the main DER_/PRI_ variables split by dataset, process
 (signal/background from ``Label``) and jet-multiplicity category (0, 1, ≥2 jets),
 a yield table per category and a 2D visible vs MMC mass.
 
-With networks (``context.models``), each network's score is a deterministic
-column of the events (:func:`hepnn.variables.network_score`): histogrammed per
+With networks (``context.flat_networks``), each network's score is a deterministic
+column of the events (:func:`hepnn.nets.apply.network_score`): histogrammed per
 process (``score_<net>``, and finely binned for ROC/AMS curves), used to bin key
 variables (``<var>_by_score_<net>``) and as a selection (``<var>_cut_<net>``:
 score > ``options.score_cut``), and returned per event for
@@ -29,8 +29,8 @@ import numpy as np
 from hepnn.bands import replica_hists
 from hepnn.columns import Columns
 from hepnn.io.missing import with_missing
+from hepnn.nets.apply import network_score, replica_scores
 from hepnn.schemas import BaseSchema
-from hepnn.variables import network_score, replica_scores
 from hepnn.workflow import Workflow
 
 PROCESSES = ["signal", "background", "unlabelled"]
@@ -145,7 +145,7 @@ class Higgs(Workflow):
             columns["Label"] = ak.to_numpy(events.Label).astype(np.int8)
         if "Weight" in fields:
             columns["Weight"] = ak.to_numpy(events.Weight)
-        for net, path in self.context.models.items():
+        for net, path in self.context.flat_networks.items():
             score = network_score(path, events)
             columns[f"score_{net}"] = score
             out.update(self._network_hists(net, score, ev, dataset, process, jet_bin, weight))

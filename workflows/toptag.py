@@ -3,7 +3,7 @@
 Reads NanoAOD-like jets with PF-candidate constituents (the ParT npy folder
 converted by :mod:`hepnn.io.part_npy`, or any file with ``FatJetPFCand`` /
 ``FatJetPFCands`` links), scores every jet with every tagger of
-``context.taggers`` (:func:`hepnn.jets.taggers.apply_taggers`: deterministic,
+``context.jet_networks`` (:func:`hepnn.nets.apply.score_jets`: deterministic,
 chunk-independent) and returns
 
 * ``columns/<dataset>.parquet``: ``event``, ``jet_index``, ``label`` (-1 when the
@@ -15,7 +15,7 @@ chunk-independent) and returns
   its pixel normalisation; the run turns it into ``jet_image_mean_<process>``).
 
 Metrics (AUC, rejection at ε_S = 0.3, mass and GBT baselines) and the ROC plot
-are made after the run from the columns (:mod:`hepnn.jets.tagger_report`).
+are made after the run from the columns (:mod:`hepnn.nets.report`).
 
 Options
 -------
@@ -35,10 +35,12 @@ import awkward as ak
 import hist
 import numpy as np
 
+from hepnn.bands import replica_hists
 from hepnn.columns import Columns
 from hepnn.errors import InputError
-from hepnn.jets.tagger_report import baseline_columns
-from hepnn.jets.taggers import apply_taggers, fatjet_batch, jet_labels
+from hepnn.jets.batch import fatjet_batch, jet_labels
+from hepnn.nets.apply import jet_scores, replica_scores, score_jets
+from hepnn.nets.data import baseline_columns
 from hepnn.schemas import NanoSchema
 from hepnn.workflow import Workflow
 
@@ -76,7 +78,7 @@ class TopTag(Workflow):
         if labels is None:
             labels = np.full(len(batch), -1, dtype=np.int64)
         process = np.array(PROCESSES)[np.where(labels == 1, 0, np.where(labels == 0, 1, 2))]
-        scores, images, extent = apply_taggers(self.context.taggers, batch)
+        scores, images, extent = score_jets(self.context.jet_networks, batch)
         empty = batch.empty
         n_const = batch.n_constituents
 
@@ -118,6 +120,7 @@ class TopTag(Workflow):
             h.fill(dataset=dataset, process=process[ok], score=score[ok].astype(np.float64))
             out[f"score_{name}"] = h
         out["jet_image_sum"] = self._image_sum(images, extent, process, empty)
+        mcd_columns = self._bands(batch, scores, process, empty, out)
 
         columns = {
             "event": ak.to_numpy(events.event)[batch.event_index].astype(np.int64),
@@ -128,9 +131,33 @@ class TopTag(Workflow):
             **baseline_columns(batch),
             "empty": empty,
             **{f"score_{name}": score for name, score in scores.items()},
+            **mcd_columns,
         }
         out["columns"] = {dataset: Columns(columns)}
         return out
+
+    def _bands(
+        self, batch: Any, scores: dict[str, np.ndarray], process: np.ndarray, empty: np.ndarray,
+        out: dict[str, Any],
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """MC-dropout / ensemble replica histograms of every tagger score (``uncertainty``)."""
+        columns: dict[str, np.ndarray] = {}
+        ok = ~empty
+        for name, path in self.context.jet_networks.items():
+            replicas = {}
+            if self.context.mc_dropout:
+                mcd = replica_scores(path, batch, **self.context.mc_dropout)
+                replicas["mc"] = mcd[:, ok]
+                columns[f"score_{name}_mcd_mean"] = mcd.mean(axis=0, dtype=np.float64)
+                columns[f"score_{name}_mcd_std"] = mcd.std(axis=0, dtype=np.float64)
+            members = self.context.ensembles.get(name, [])
+            if members:
+                member_scores = [scores[name], *(jet_scores(p, batch) for p in members[1:])]
+                replicas["member"] = np.stack(member_scores)[:, ok]
+            if replicas:
+                weight = np.ones(int(ok.sum()))
+                out.update(replica_hists(name, scores[name][ok], replicas, process[ok], weight, PROCESSES))
+        return columns
 
     @staticmethod
     def _image_sum(

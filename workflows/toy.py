@@ -15,8 +15,8 @@ import hist
 import numpy as np
 
 from hepnn.columns import Columns
+from hepnn.nets.apply import network_score
 from hepnn.schemas import BaseSchema
-from hepnn.variables import network_score
 from hepnn.workflow import Workflow
 
 PROCESSES = ["signal", "background"]
@@ -48,7 +48,7 @@ class Toy(Workflow):
         h2.fill(x1=x1, x2=x2, weight=np.where(label == 1, 1.0, -1.0))
         out["x1_x2"] = h2
         columns: dict[str, np.ndarray] = {"EventId": ak.to_numpy(events.EventId), "Label": label}
-        for net, path in self.context.models.items():
+        for net, path in self.context.flat_networks.items():
             score = network_score(path, events)
             columns[f"score_{net}"] = score
             h = hist.Hist(

@@ -101,7 +101,9 @@ def band_figure(
 
     mplhep.histplot(nominal, ax=ax, color="black", yerr=True, histtype="step", label="Nominal")
     # Nominal statistical uncertainty in the ratio panel, hatched around 1.
-    rel = _ratio(np.sqrt(np.asarray(nominal.variances())), nom)
+    # Unweighted (Double-storage) histograms carry no variances: Poisson, var = count.
+    var = nominal.variances()
+    rel = _ratio(np.sqrt(np.asarray(nom if var is None else var)), nom)
     rax.stairs(
         1 + rel,
         edges,

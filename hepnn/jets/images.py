@@ -23,7 +23,7 @@ Recipe (Cogan et al. arXiv:1407.5675; Macaluso & Shih arXiv:1803.00107), in the
    half-plane (rows above the centre) is >= the one in η < 0, and likewise for
    φ > 0 (columns right of the centre); ties: no flip. The
    pT sum per half-plane is used on purpose: after centring the first moment is
-   ~0 and its sign is numerical noise (DESIGN.md: 47% of jets flipped
+   ~0 and its sign is numerical noise (measured: 47% of jets flipped
    differently by two implementations that flipped on the first moment).
 5. Pixelate on ``n_eta x n_phi`` bins spanning ``[-w/2, w/2)`` in each direction
    (constituents outside are dropped and counted in :class:`ImageInfo`).

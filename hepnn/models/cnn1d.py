@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hepnn.models.cnn2d import _check_rate, _check_widths
+from hepnn.models.cnn2d import check_rate, check_widths
 from hepnn.models.mlp import ACTIVATIONS
 from hepnn.models.registry import register
 
@@ -104,11 +104,11 @@ class CNN1D(nn.Module):
         if not pools or len(set(pools)) != len(pools) or any(q not in POOLINGS for q in pools):
             msg = f"pooling must join distinct names from {', '.join(POOLINGS)} with '_', got {pooling!r}"
             raise ValueError(msg)
-        filt = _check_widths("filters", filters, allow_empty=False)
-        widths = _check_widths("dense", dense, allow_empty=True)
-        p = _check_rate(dropout)
-        p_conv = _check_rate(p if conv_dropout is None else conv_dropout)
-        p_in = _check_rate(p_conv if input_dropout is None else input_dropout)
+        filt = check_widths("filters", filters, allow_empty=False)
+        widths = check_widths("dense", dense, allow_empty=True)
+        p = check_rate(dropout)
+        p_conv = check_rate(p if conv_dropout is None else conv_dropout)
+        p_in = check_rate(p_conv if input_dropout is None else input_dropout)
         self.n_features = int(n_features)
         self.pooling = pooling
         self._pools = pools

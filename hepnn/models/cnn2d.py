@@ -16,14 +16,16 @@ from hepnn.models.mlp import ACTIVATIONS
 from hepnn.models.registry import register
 
 
-def _check_rate(p: float) -> float:
+def check_rate(p: float) -> float:
+    """``p`` as a dropout rate in [0, 1), or a ValueError."""
     if not 0.0 <= p < 1.0:
         msg = f"dropout rate must be in [0, 1), got {p}"
         raise ValueError(msg)
     return float(p)
 
 
-def _check_widths(name: str, widths: Sequence[int], allow_empty: bool) -> list[int]:
+def check_widths(name: str, widths: Sequence[int], allow_empty: bool) -> list[int]:
+    """Positive layer widths (an empty list only with ``allow_empty``), or a ValueError."""
     w = [int(x) for x in widths]
     if (not w and not allow_empty) or any(x < 1 for x in w):
         msg = f"{name} must be {'' if allow_empty else 'a non-empty list of '}positive integers, got {list(widths)}"
@@ -105,11 +107,11 @@ class CNN2D(nn.Module):
         if len(size) != 2 or min(size) < 1:
             msg = f"image_size must be two positive integers, got {list(image_size)}"
             raise ValueError(msg)
-        filt = _check_widths("filters", filters, allow_empty=False)
-        widths = _check_widths("dense", dense, allow_empty=True)
-        p = _check_rate(dropout)
-        p_conv = _check_rate(p if conv_dropout is None else conv_dropout)
-        p_in = _check_rate(p_conv if input_dropout is None else input_dropout)
+        filt = check_widths("filters", filters, allow_empty=False)
+        widths = check_widths("dense", dense, allow_empty=True)
+        p = check_rate(dropout)
+        p_conv = check_rate(p if conv_dropout is None else conv_dropout)
+        p_in = check_rate(p_conv if input_dropout is None else input_dropout)
         self.activation_name = activation
 
         layers: list[nn.Module] = []

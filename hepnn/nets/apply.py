@@ -214,7 +214,8 @@ def forward(model: nn.Module, x: np.ndarray, batch_size: int, output: Output = "
     def fn(t: torch.Tensor) -> torch.Tensor:
         return model(t) if output == "logit" else torch.sigmoid(model(t))
 
-    return padded_apply(fn, torch.from_numpy(np.ascontiguousarray(x)), batch_size).numpy()
+    with inference_lock, torch_threads(INFERENCE_THREADS):
+        return padded_apply(fn, torch.from_numpy(np.ascontiguousarray(x)), batch_size).numpy()
 
 
 def apply_network(

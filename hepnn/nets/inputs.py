@@ -127,7 +127,8 @@ def load_builder(settings: Mapping[str, Any], state: Mapping[str, Any]) -> Input
         spec = TypeAdapter(InputSpec).validate_python(dict(settings))
     except ValidationError as err:
         first = err.errors()[0]
-        msg = f"invalid inputs settings: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        where = ".".join(map(str, first["loc"])) or "kind"
+        msg = f"invalid inputs settings: {where}: {first['msg']}"
         raise ModelError(msg) from None
     return builder_class(spec.kind).from_state(spec, state)
 

@@ -36,7 +36,8 @@ from torch import nn
 from hepnn.errors import ConfigError, InputError
 from hepnn.metrics import auc
 from hepnn.models import available, build
-from hepnn.models.forward import padded_apply, torch_threads
+from hepnn.models.forward import torch_threads
+from hepnn.nets.apply import forward
 from hepnn.nets.data import TrainingData
 from hepnn.nets.inputs import InputBuilder, make_builder
 from hepnn.nets.spec import NetworkSpec
@@ -108,11 +109,6 @@ def _batch_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -
     return (per_row * w).sum() / w.sum()
 
 
-def logits_of(model: nn.Module, x: np.ndarray, micro_batch: int) -> np.ndarray:
-    """Logits of prepared inputs in fixed-size padded micro-batches (eval mode)."""
-    return padded_apply(model, torch.from_numpy(np.ascontiguousarray(x)), micro_batch).numpy()
-
-
 def fit_model(
     name: str,
     spec: NetworkSpec,
@@ -147,6 +143,9 @@ def fit_model(
     if spec.arch not in available():
         msg = f"networks.{name}: unknown architecture {spec.arch!r}; known: {', '.join(available())}"
         raise ConfigError(msg)
+    if not np.isin(data.labels, (0, 1)).all():
+        msg = f"networks.{name}: labels must hold 0/1"
+        raise InputError(msg)
     tr, va = ((codes == c) & data.usable for c in (TRAIN, VAL))
     for what, m in (("training", tr), ("validation", va)):
         if len(np.unique(data.labels[m])) < 2:
@@ -208,7 +207,7 @@ def fit_model(
             train_loss = total / total_w
 
             model.eval()
-            logits = logits_of(model, x_va, builder.micro_batch)
+            logits = forward(model, x_va, builder.micro_batch, "logit")
             val_loss = float(_batch_loss(torch.from_numpy(logits), y_va, w_va))
             scores = logits.astype(np.float64)
             val_auc = auc(scores, y_va_np)
@@ -276,7 +275,7 @@ def train_network(
         rows = keep & (which == m)
         if rows.any():
             x = fitted.builder.transform(data.raw[rows])
-            scores[rows] = logits_of(fitted.model, x, fitted.builder.micro_batch)
+            scores[rows] = forward(fitted.model, x, fitted.builder.micro_batch, "logit")
     labels = data.labels[keep]
     metrics: dict[str, Any] = {
         "held_out": {
