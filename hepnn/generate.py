@@ -74,9 +74,9 @@ import uproot
 
 from hepnn.errors import InputError
 from hepnn.files import atomic_path
+from hepnn.io.nano import nano_tree
 from hepnn.progress import step_progress
 
-TREENAME = "Events"
 PROCESSES = ("top", "qcd")
 LABELS = {"top": 1, "qcd": 0}
 JET_R = 0.8
@@ -411,12 +411,7 @@ def write_jets(jets: GeneratedJets, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     cols = jet_columns(jets)
     with atomic_path(out) as tmp, uproot.recreate(tmp) as f:
-        tree = f.mktree(
-            TREENAME,
-            {k: c.type if isinstance(c, ak.Array) else c.dtype for k, c in cols.items()},
-            counter_name=lambda c: "n" + c,
-            field_name=lambda outer, inner: outer + "_" + inner,
-        )
+        tree = nano_tree(f, cols)
         tree.extend(cols)
     return out
 

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from hepnn.cli import main
 from hepnn.config import load_config
-from hepnn.errors import ChunkError
+from hepnn.errors import ChunkError, InputError
 from hepnn.pipeline import run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -403,10 +403,17 @@ def test_bad_constituents_fail_naming_file_entry_branch(
     trained: Path, tmp_path: Path, damage: dict[str, int], message: str
 ) -> None:
     samples = _write_jets(tmp_path / "bad.root", **damage)
-    cfg = load_config(TOPTAG, [*NO_PLOTS, f"samples={samples}", "executor.retries=0"])
+    sets = [*NO_PLOTS, f"samples={samples}", "executor.retries=0"]
+    # processing the chunks (no ranking): the chunk error names file, entries, branch
+    cfg = load_config(TOPTAG, [*sets, "taylor=null"])
     with pytest.raises(ChunkError, match=message) as info:
         run_config(cfg, tmp_path / "out", progress=False, models_dir=trained / "models")
     assert str(tmp_path / "bad.root") in str(info.value)
+    # with taylor the networks are first ranked on the sample's jets: the reader names them too
+    cfg = load_config(TOPTAG, sets)
+    with pytest.raises(InputError, match=message.split("InputError: ")[1]) as err:
+        run_config(cfg, tmp_path / "out2", progress=False, models_dir=trained / "models")
+    assert str(err.value).startswith(f"{tmp_path / 'bad.root'}: branch ")
 
 
 @pytest.mark.slow

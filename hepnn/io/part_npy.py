@@ -60,10 +60,10 @@ import uproot
 
 from hepnn.errors import InputError
 from hepnn.files import atomic_path, write_json
+from hepnn.io.nano import TREENAME, nano_tree
 
 #: Bump when the converted file's content changes: old cache entries are then ignored.
 CONVERTER_VERSION = 1
-TREENAME = "Events"
 #: Roles and the expected (channels, ...) of the array files.
 ROLES = ("pf_vectors", "pf_points", "pf_mask", "labels")
 #: Jets written per ``TTree.extend`` call (bounds memory for big folders).
@@ -332,12 +332,7 @@ def convert_part_npy(
                 start,
             )
             if tree is None:
-                tree = f.mktree(
-                    TREENAME,
-                    {k: c.type if isinstance(c, ak.Array) else c.dtype for k, c in cols.items()},
-                    counter_name=lambda c: "n" + c,
-                    field_name=lambda outer, inner: outer + "_" + inner,
-                )
+                tree = nano_tree(f, cols)
             tree.extend(cols)
         if tree is None:
             msg = f"{files['labels']}: no jets"

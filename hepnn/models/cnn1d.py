@@ -23,8 +23,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hepnn.models.cnn2d import check_rate, check_widths
-from hepnn.models.mlp import ACTIVATIONS
+from hepnn.models.layers import (
+    ACTIVATIONS,
+    check_activation,
+    check_kernel,
+    check_rate,
+    check_widths,
+)
 from hepnn.models.registry import register
 
 #: Global pooling operations over the real constituents.
@@ -68,7 +73,7 @@ class CNN1D(nn.Module):
     dense
         Hidden dense widths after pooling.
     activation
-        Name in :data:`hepnn.models.mlp.ACTIVATIONS`.
+        Name in :data:`hepnn.models.layers.ACTIVATIONS`.
     pooling
         Global pooling over real constituents: names from :data:`POOLINGS`
         joined by ``_``, concatenated in that order (default ``"mean_max"``;
@@ -91,15 +96,11 @@ class CNN1D(nn.Module):
         input_dropout: float | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            msg = f"unknown activation {activation!r}; known: {', '.join(sorted(ACTIVATIONS))}"
-            raise ValueError(msg)
+        check_activation(activation)
         if n_features < 1:
             msg = f"n_features must be >= 1, got {n_features}"
             raise ValueError(msg)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            msg = f"kernel_size must be a positive odd integer, got {kernel_size}"
-            raise ValueError(msg)
+        check_kernel(kernel_size)
         pools = pooling.split("_")
         if not pools or len(set(pools)) != len(pools) or any(q not in POOLINGS for q in pools):
             msg = f"pooling must join distinct names from {', '.join(POOLINGS)} with '_', got {pooling!r}"

@@ -12,25 +12,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hepnn.models.mlp import ACTIVATIONS
+from hepnn.models.layers import (
+    ACTIVATIONS,
+    check_activation,
+    check_kernel,
+    check_rate,
+    check_widths,
+)
 from hepnn.models.registry import register
-
-
-def check_rate(p: float) -> float:
-    """``p`` as a dropout rate in [0, 1), or a ValueError."""
-    if not 0.0 <= p < 1.0:
-        msg = f"dropout rate must be in [0, 1), got {p}"
-        raise ValueError(msg)
-    return float(p)
-
-
-def check_widths(name: str, widths: Sequence[int], allow_empty: bool) -> list[int]:
-    """Positive layer widths (an empty list only with ``allow_empty``), or a ValueError."""
-    w = [int(x) for x in widths]
-    if (not w and not allow_empty) or any(x < 1 for x in w):
-        msg = f"{name} must be {'' if allow_empty else 'a non-empty list of '}positive integers, got {list(widths)}"
-        raise ValueError(msg)
-    return w
 
 
 @register("cnn2d")
@@ -65,7 +54,7 @@ class CNN2D(nn.Module):
     dense
         Widths of the hidden dense layers.
     activation
-        Name in :data:`hepnn.models.mlp.ACTIVATIONS`.
+        Name in :data:`hepnn.models.layers.ACTIVATIONS`.
     dropout
         Rate before every dense layer (and the output layer).
     conv_dropout
@@ -94,15 +83,11 @@ class CNN2D(nn.Module):
         input_dropout: float | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            msg = f"unknown activation {activation!r}; known: {', '.join(sorted(ACTIVATIONS))}"
-            raise ValueError(msg)
+        check_activation(activation)
         if in_channels < 1 or convs_per_block < 1:
             msg = "in_channels and convs_per_block must be >= 1"
             raise ValueError(msg)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            msg = f"kernel_size must be a positive odd integer, got {kernel_size}"
-            raise ValueError(msg)
+        check_kernel(kernel_size)
         size = [int(s) for s in image_size]
         if len(size) != 2 or min(size) < 1:
             msg = f"image_size must be two positive integers, got {list(image_size)}"

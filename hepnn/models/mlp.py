@@ -8,20 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from hepnn.models.layers import ACTIVATIONS, check_activation, check_rate
 from hepnn.models.registry import register
-
-#: Elementwise activations a config may name. Kept elementwise on purpose: the
-#: closed-form Taylor path and the MC-dropout weight folding rely on it.
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "softplus": nn.Softplus,
-}
 
 
 @register("mlp")
@@ -63,17 +51,13 @@ class MLP(nn.Module):
         input_dropout: float | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            msg = f"unknown activation {activation!r}; known: {', '.join(sorted(ACTIVATIONS))}"
-            raise ValueError(msg)
+        check_activation(activation)
         if n_inputs < 1:
             msg = f"n_inputs must be >= 1, got {n_inputs}"
             raise ValueError(msg)
         p_in = dropout if input_dropout is None else input_dropout
         for p in (dropout, p_in):
-            if not 0.0 <= p < 1.0:
-                msg = f"dropout rate must be in [0, 1), got {p}"
-                raise ValueError(msg)
+            check_rate(p)
         widths = [n_inputs, *hidden, 1]
         self.activation_name = activation
         self.activation = ACTIVATIONS[activation]()

@@ -282,7 +282,7 @@ def apply_network(
                 if rows.size:
                     out[:, rows] = score(m, raw[rows])
     bad = builder.unusable(source)
-    if bad.any():
+    if bad is not None and bad.any():
         out[:, bad] = np.nan
     return out[0] if replicas is None else out
 

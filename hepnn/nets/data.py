@@ -123,7 +123,8 @@ class DataReader:
     def training_data(self, name: str, spec: NetworkSpec) -> TrainingData:
         """The training rows of network ``name`` (cached: read and built once per run)."""
         key = (spec.inputs.model_dump_json(), spec.label, spec.weight, spec.split.id_column,
-               tuple(self._dataset_names(name, spec)), spec.max_events)  # fmt: skip
+               tuple(self._dataset_names(name, spec)), spec.max_events,
+               spec.training.use_weights)  # fmt: skip
         if key not in self._data:
             builder = make_builder(spec.inputs)
             if spec.kind == "flat":
@@ -247,7 +248,9 @@ class DataReader:
 
     def _jets(self, name: str, spec: NetworkSpec, builder: InputBuilder) -> TrainingData:
         batch, labels, ids, files = self.read_jets(name, spec)
+        bad = builder.unusable(batch)
+        usable = np.ones(len(labels), dtype=bool) if bad is None else ~bad
         return TrainingData(
-            builder.raw(batch), labels, ids, None, ~builder.unusable(batch), files,
+            builder.raw(batch), labels, ids, None, usable, files,
             {k: np.asarray(v) for k, v in baseline_columns(batch).items()},
         )  # fmt: skip

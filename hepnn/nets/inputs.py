@@ -82,9 +82,9 @@ class InputBuilder(ABC):
     def from_state(cls, settings: Any, state: Mapping[str, Any]) -> InputBuilder:
         """Rebuild a fitted builder from :meth:`state` output."""
 
-    def unusable(self, source: Any) -> np.ndarray:
-        """Rows that cannot be scored (their score is NaN); none by default."""
-        return np.zeros(len(source[next(iter(source))]) if isinstance(source, Mapping) else len(source), dtype=bool)
+    def unusable(self, source: Any) -> np.ndarray | None:
+        """Rows that cannot be scored (their score is NaN); None when every row can be."""
+        return None
 
     def helper_inputs(self) -> list[str]:
         """Inputs that are not physics features (e.g. missing-value flags)."""

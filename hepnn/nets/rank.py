@@ -41,6 +41,7 @@ from hepnn.taylor import (
 if TYPE_CHECKING:
     from hepnn.config import TaylorConfig
     from hepnn.nets.data import TrainingData
+    from hepnn.nets.spec import SplitSpec
     from hepnn.nets.store import LoadedNetwork
     from hepnn.nets.train import EpochHook
 
@@ -155,7 +156,7 @@ def write_network_ranking(
 
 def epoch_monitor(
     name: str,
-    spec_split: Any,
+    split: SplitSpec,
     data: TrainingData,
     settings: TaylorConfig,
     *,
@@ -167,7 +168,7 @@ def epoch_monitor(
     validation rows, orders up to 2. Returns the hook and the monitor
     (``monitor.history``).
     """
-    val = np.flatnonzero((split_codes(data.ids, spec_split, 0) == VAL) & data.usable)
+    val = np.flatnonzero((split_codes(data.ids, split, 0) == VAL) & data.usable)
     if val.size > settings.monitor_events:
         rng = np.random.default_rng(seed)
         val = np.sort(rng.choice(val, size=settings.monitor_events, replace=False))
