@@ -4,7 +4,7 @@ Times ``MCDropout(model, T).scores(x)`` against ``T`` deterministic forward pass
 of the nominal network (``padded_apply``, same events, same micro-batch size) in
 the same run and prints the ratio (target <= 1.3x: a replica should cost one
 forward pass). Then measures peak memory of the streamed pipeline (chunks ->
-replica scores -> replica histogram) at two event counts, each in a fresh
+replica scores -> ``replica_hists``) at two event counts, each in a fresh
 process, to show that it does not grow with the number of events.
 
     python benchmarks/bench_mcdropout.py                      # T=100, 100k events
@@ -21,10 +21,11 @@ import sys
 import time
 import tracemalloc
 
+import hist
 import numpy as np
 import torch
 
-from hepnn.bands import MCDropout, fill_replicas, nominal_hist, replica_hist
+from hepnn.bands import MCDropout, replica_hists
 from hepnn.models import build
 from hepnn.models.forward import padded_apply
 
@@ -79,13 +80,17 @@ def memory_child(n_events: int, args: argparse.Namespace) -> dict[str, float]:
     """Stream ``n_events`` in chunks through MC dropout into histograms; report peaks."""
     model = _model(args.dropout)
     mc = MCDropout(model, samples=args.samples, seed=1)
-    h = replica_hist(args.samples)
-    h_nom = nominal_hist()
+    hists: dict[str, hist.Hist] = {}
+    h_nom = hist.Hist(hist.axis.Regular(50, 0.0, 1.0, name="score"), storage=hist.storage.Weight())
 
     def chunk(i: int, n: int) -> None:
         x = _events(n, seed=1000 + i)  # generated per chunk, as a reader would
-        fill_replicas(h, mc.scores(x, batch_size=args.batch_size))
-        h_nom.fill(score=mc.nominal(x, batch_size=args.batch_size))
+        nominal = mc.nominal(x, batch_size=args.batch_size)
+        replicas = {"mc": mc.scores(x, batch_size=args.batch_size)}
+        out = replica_hists("dnn", nominal, replicas, np.full(n, "signal"), np.ones(n), ["signal"])
+        for key, h in out.items():  # summed over chunks
+            hists[key] = hists[key] + h if key in hists else h
+        h_nom.fill(score=nominal)
 
     chunk(0, min(args.chunk, n_events))  # warm-up: allocator pools, lazy imports
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -98,8 +103,9 @@ def memory_child(n_events: int, args: argparse.Namespace) -> dict[str, float]:
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_end = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if h.sum().value != args.samples * n_events:  # every event of every replica filled
-        msg = f"filled {h.sum().value} entries, expected {args.samples * n_events}"
+    filled = hists["score_dnn_mcdropout"].sum().value
+    if filled != args.samples * n_events:  # every event of every replica filled
+        msg = f"filled {filled} entries, expected {args.samples * n_events}"
         raise RuntimeError(msg)
     return {
         "events": n_events,

@@ -215,14 +215,3 @@ def resolve_samples(
         n: resolve_dataset(n, s, cache_dir, progress=progress, skip_bad_files=skip_bad_files)
         for n, s in specs.items()
     }
-
-
-def to_fileset(datasets: dict[str, Dataset]) -> dict[str, dict[str, Any]]:
-    """The coffea fileset ``{dataset: {"files": {path: tree}, "metadata": {...}}}``."""
-    return {
-        name: {
-            "files": {str(f.root_path): f.treename for f in ds.files},
-            "metadata": {**ds.metadata, "format": ds.format},
-        }
-        for name, ds in datasets.items()
-    }

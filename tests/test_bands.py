@@ -14,11 +14,7 @@ from hepnn.bands import (
     STATS,
     Ensemble,
     MCDropout,
-    fill_replicas,
-    fill_std_vs_score,
-    nominal_hist,
-    replica_hist,
-    std_vs_score_hist,
+    replica_hists,
     summarise,
     to_root_variations,
 )
@@ -26,58 +22,79 @@ from hepnn.bands.plots import band_figure, plot_band, plot_std_vs_score
 from hepnn.models import build
 
 T = 30
+N = 4000
+PROCESSES = ["signal", "background"]
 
 
 @pytest.fixture
 def values() -> np.ndarray:
     """(T, N) per-replica scores with a replica-dependent shift (a real spread)."""
     rng = np.random.default_rng(5)
-    base = rng.beta(2, 3, 4000)
+    base = rng.beta(2, 3, N)
     shift = rng.normal(0, 0.05, (T, 1))
     return np.clip(base + shift, 0, 0.999)
 
 
 @pytest.fixture
 def weights() -> np.ndarray:
-    return np.random.default_rng(6).uniform(0.5, 1.5, 4000)
+    return np.random.default_rng(6).uniform(0.5, 1.5, N)
 
 
-def _filled(values, weights):
-    h = fill_replicas(replica_hist(T), values, weights)
-    h_nom = nominal_hist()
-    h_nom.fill(score=values.mean(axis=0), weight=weights)
-    return h, h_nom
+@pytest.fixture
+def process() -> np.ndarray:
+    """Two thirds signal, one third background."""
+    return np.where(np.arange(N) % 3 == 2, "background", "signal")
+
+
+def _nominal(score: np.ndarray, weight: np.ndarray | None = None) -> hist.Hist:
+    """Nominal histogram on the score axis of :func:`replica_hists`."""
+    axis = hist.axis.Regular(50, 0.0, 1.0, name="score")
+    return hist.Hist(axis, storage=hist.storage.Weight()).fill(score=score, weight=weight)
+
+
+def _filled(values, weights, process, axis="mc"):
+    """Signal replica histogram (axes replica x score) and its nominal."""
+    out = replica_hists("dnn", values.mean(axis=0), {axis: values}, process, weights, PROCESSES)
+    sig = process == "signal"
+    h = out[f"score_dnn_{'mcdropout' if axis == 'mc' else 'ensemble'}"][{"process": "signal"}]
+    return h, _nominal(values.mean(axis=0)[sig], weights[sig])
 
 
 # -- axes ----------------------------------------------------------------------------------
 
 
-def test_replica_hist_axes():
-    h = replica_hist(T)
-    rep, var = h.axes
+def test_replica_hists_names_and_axes(values, weights, process):
+    out = replica_hists(
+        "dnn", values[0], {"mc": values, "member": values[:4]}, process, weights, PROCESSES
+    )
+    assert list(out) == ["score_dnn_mcdropout", "score_dnn_ensemble", "score_std_dnn"]
+    h = out["score_dnn_mcdropout"]
+    proc, rep, var = h.axes
+    assert isinstance(proc, hist.axis.StrCategory)
+    assert (proc.name, list(proc)) == ("process", PROCESSES)
     assert isinstance(rep, hist.axis.IntCategory)
     assert rep.name == "mc"
     assert list(rep) == list(range(T))
     assert not rep.traits.overflow
     assert isinstance(var, hist.axis.Regular)
-    assert (var.name, var.label) == ("score", "DNN score")
-    assert (len(var.edges), var.edges[0], var.edges[-1]) == (21, 0.0, 1.0)
+    assert (var.name, var.label) == ("score", "dnn score")
+    assert (len(var.edges), var.edges[0], var.edges[-1]) == (51, 0.0, 1.0)
     assert isinstance(h.storage_type(), hist.storage.Weight)
-    assert replica_hist(4, replica_axis="member").axes[0].name == "member"
-    custom = replica_hist(3, hist.axis.Variable([0, 0.5, 0.9, 1], name="bdt"))
-    assert custom.axes[1].name == "bdt"
+    ens = out["score_dnn_ensemble"]
+    assert [a.name for a in ens.axes] == ["process", "member", "score"]
+    assert list(ens.axes["member"]) == [0, 1, 2, 3]
+    # The std-vs-score histogram comes with MC dropout only.
+    only_ens = replica_hists("dnn", values[0], {"member": values[:4]}, process, weights, PROCESSES)
+    assert list(only_ens) == ["score_dnn_ensemble"]
 
 
-@pytest.mark.parametrize("name", ["sample", "weight", "threads"])
-def test_reserved_axis_names_rejected(name):
-    with pytest.raises(ValueError, match="reserved"):
-        replica_hist(3, hist.axis.Regular(5, 0, 1, name=name))
-    with pytest.raises(ValueError, match="reserved"):
-        nominal_hist(hist.axis.Regular(5, 0, 1, name=name))
+def test_replica_hists_rejects_unknown_replica_axis(values, weights, process):
+    with pytest.raises(ValueError, match="unknown replica axis"):
+        replica_hists("dnn", values[0], {"bootstrap": values}, process, weights, PROCESSES)
 
 
-def test_summary_axes(values, weights):
-    s = summarise(*_filled(values, weights))
+def test_summary_axes(values, weights, process):
+    s = summarise(*_filled(values, weights, process))
     stat, var = s.axes
     assert isinstance(stat, hist.axis.StrCategory)
     assert stat.name == "stat"
@@ -91,22 +108,25 @@ def test_summary_axes(values, weights):
 # -- filling and summarising ---------------------------------------------------------------
 
 
-def test_fill_replicas_per_replica_histograms(values, weights):
-    h = fill_replicas(replica_hist(T), values, weights)
-    edges = h.axes[1].edges
-    for t in (0, 7, T - 1):
-        ref, _ = np.histogram(values[t], bins=edges, weights=weights)
-        np.testing.assert_allclose(h[t, :].values(), ref, rtol=1e-12)
-        ref_var, _ = np.histogram(values[t], bins=edges, weights=weights**2)
-        np.testing.assert_allclose(h[t, :].variances(), ref_var, rtol=1e-12)
-    with pytest.raises(ValueError, match="shape"):
-        fill_replicas(replica_hist(T), values[:-1], weights)
-    with pytest.raises(ValueError, match="weights"):
-        fill_replicas(replica_hist(T), values, weights[:-1])
+def test_per_replica_histograms(values, weights, process):
+    out = replica_hists("dnn", values[0], {"mc": values}, process, weights, PROCESSES)
+    h = out["score_dnn_mcdropout"]
+    edges = h.axes["score"].edges
+    for proc in PROCESSES:
+        sel = process == proc
+        h_proc = h[{"process": proc}]
+        for t in (0, 7, T - 1):
+            ref, _ = np.histogram(values[t][sel], bins=edges, weights=weights[sel])
+            np.testing.assert_allclose(h_proc[t, :].values(), ref, rtol=1e-12)
+            ref_var, _ = np.histogram(values[t][sel], bins=edges, weights=weights[sel] ** 2)
+            np.testing.assert_allclose(h_proc[t, :].variances(), ref_var, rtol=1e-12)
+    # Replicas differ (a replica-dependent shift), so the rows are not copies.
+    sig = h[{"process": "signal"}]
+    assert not np.array_equal(sig[0, :].values(), sig[T - 1, :].values())
 
 
-def test_summary_matches_numpy_over_replicas(values, weights):
-    h, h_nom = _filled(values, weights)
+def test_summary_matches_numpy_over_replicas(values, weights, process):
+    h, h_nom = _filled(values, weights, process)
     s = summarise(h, h_nom)
     reps = h.view(flow=True).value  # (T, bins + flow)
     out = s.view(flow=True)
@@ -119,35 +139,50 @@ def test_summary_matches_numpy_over_replicas(values, weights):
     np.testing.assert_array_equal(s["nominal", :].values(), h_nom.values())
     np.testing.assert_array_equal(s["nominal", :].variances(), h_nom.variances())
     # Per-bin check by hand for one bin, replica by replica.
-    b = 8
+    b = 20
     col = np.array([h[t, b].value for t in range(T)])
     assert s["q84", b].value == np.quantile(col, 0.84)
     assert s["q16", b].value < s["q84", b].value  # a real band
 
 
-def test_summarise_rejects_other_binning(values, weights):
-    h, _ = _filled(values, weights)
+def test_summarise_rejects_other_binning(values, weights, process):
+    h, _ = _filled(values, weights, process)
+    other = hist.Hist(hist.axis.Regular(10, 0, 1, name="score"), storage=hist.storage.Weight())
     with pytest.raises(ValueError, match="same variable axes"):
-        summarise(h, nominal_hist(hist.axis.Regular(10, 0, 1, name="score")))
+        summarise(h, other)
 
 
-def test_chunk_sum_equals_single_fill(values, weights):
+def _sum(a: dict[str, hist.Hist], b: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
+    assert list(a) == list(b)
+    return {k: a[k] + b[k] for k in a}
+
+
+def test_chunk_sum_equals_single_fill(values, weights, process):
+    def fill(sl, w):
+        reps = {"mc": values[:, sl], "member": values[:5, sl]}
+        return replica_hists("dnn", values[0, sl], reps, process[sl], w[sl], PROCESSES)
+
+    first, rest = slice(None, 1700), slice(1700, None)
     # Unit weights: counts are exact in float, so the sum must be bitwise equal.
-    once = fill_replicas(replica_hist(T), values)
-    parts = fill_replicas(replica_hist(T), values[:, :1700]) + fill_replicas(
-        replica_hist(T), values[:, 1700:]
-    )
-    np.testing.assert_array_equal(once.view(flow=True).value, parts.view(flow=True).value)
+    ones = np.ones(N)
+    once = fill(slice(None), ones)
+    parts = _sum(fill(first, ones), fill(rest, ones))
+    assert list(once) == ["score_dnn_mcdropout", "score_dnn_ensemble", "score_std_dnn"]
+    for key, h in once.items():
+        assert h.sum().value > 0
+        assert h.view(flow=True).tobytes() == parts[key].view(flow=True).tobytes(), key
     # Float weights: equal up to summation order.
-    once_w = fill_replicas(replica_hist(T), values, weights)
-    parts_w = fill_replicas(replica_hist(T), values[:, :1700], weights[:1700]) + fill_replicas(
-        replica_hist(T), values[:, 1700:], weights[1700:]
-    )
-    np.testing.assert_allclose(once_w.values(), parts_w.values(), rtol=1e-12)
-    np.testing.assert_allclose(once_w.variances(), parts_w.variances(), rtol=1e-12)
-    h_nom = nominal_hist().fill(score=values[0], weight=weights)
+    once_w = fill(slice(None), weights)
+    parts_w = _sum(fill(first, weights), fill(rest, weights))
+    for key, h in once_w.items():
+        np.testing.assert_allclose(h.values(), parts_w[key].values(), rtol=1e-12)
+        np.testing.assert_allclose(h.variances(), parts_w[key].variances(), rtol=1e-12)
+    sig = process == "signal"
+    h_nom = _nominal(values[0][sig], weights[sig])
+    once_sig = once_w["score_dnn_mcdropout"][{"process": "signal"}]
+    parts_sig = parts_w["score_dnn_mcdropout"][{"process": "signal"}]
     np.testing.assert_allclose(
-        summarise(once_w, h_nom).values(), summarise(parts_w, h_nom).values(), rtol=1e-12
+        summarise(once_sig, h_nom).values(), summarise(parts_sig, h_nom).values(), rtol=1e-12
     )
 
 
@@ -155,33 +190,47 @@ def test_zero_band_for_p0_end_to_end():
     torch.manual_seed(0)
     net = build("mlp", n_inputs=4, hidden=[16], dropout=0.0).eval()
     x = np.random.default_rng(0).normal(size=(2000, 4)).astype(np.float32)
+    process = np.full(2000, "signal")
     mc = MCDropout(net, samples=10, seed=3)
-    h = fill_replicas(replica_hist(10), mc.scores(x))
-    h_nom = nominal_hist().fill(score=mc.nominal(x))
-    s = summarise(h, h_nom)
+    nominal = mc.nominal(x)
+    out = replica_hists("dnn", nominal, {"mc": mc.scores(x)}, process, np.ones(2000), PROCESSES)
+    s = summarise(out["score_dnn_mcdropout"][{"process": "signal"}], _nominal(nominal))
     nom = s["nominal", :].values()
     assert nom.sum() > 0
     for stat in ("mean", "q16", "q84"):
         np.testing.assert_array_equal(s[stat, :].values(), nom)
     assert np.all(s["std", :].values() == 0.0)
+    # Every event has zero per-event std: all in the first std bin.
+    std_hist = out["score_std_dnn"][{"process": "signal"}]
+    assert std_hist[:, 0].sum().value == std_hist.sum().value == 2000
 
 
-def test_std_vs_score_hist():
-    h = std_vs_score_hist()
-    assert [a.name for a in h.axes] == ["score", "score_std"]
-    assert isinstance(h.storage_type(), hist.storage.Weight)
+def test_score_std_hist():
     nominal = np.array([0.05, 0.55, 0.55, 0.95])
-    std = np.array([0.01, 0.11, 0.11, 0.2])
-    fill_std_vs_score(h, nominal, std, np.array([1.0, 2.0, 3.0, 4.0]))
+    std = np.array([0.015, 0.115, 0.115, 0.205])
+    # Two replicas at nominal -/+ std: per-event std (ddof=0) is std itself.
+    replicas = np.stack([nominal - std, nominal + std])
+    process = np.array(["signal", "signal", "background", "signal"])
+    w = np.array([1.0, 2.0, 3.0, 4.0])
+    out = replica_hists("dnn", nominal, {"mc": replicas}, process, w, PROCESSES)
+    h = out["score_std_dnn"]
+    assert [a.name for a in h.axes] == ["process", "score", "score_std"]
+    assert [len(a) for a in h.axes[1:]] == [25, 25]
+    assert (h.axes["score_std"].edges[0], h.axes["score_std"].edges[-1]) == (0.0, 0.25)
+    assert isinstance(h.storage_type(), hist.storage.Weight)
     assert h.sum().value == 10.0
-    assert h[hist.loc(0.55), hist.loc(0.11)].value == 5.0
+    sig = h[{"process": "signal"}]
+    assert sig.sum().value == 7.0
+    assert sig[hist.loc(0.55), hist.loc(0.115)].value == 2.0
+    assert sig[hist.loc(0.95), hist.loc(0.205)].value == 4.0
+    assert h["background", hist.loc(0.55), hist.loc(0.115)].value == 3.0
 
 
 # -- ROOT templates ------------------------------------------------------------------------
 
 
-def test_to_root_variations_roundtrip(values, weights, tmp_path):
-    s = summarise(*_filled(values, weights))
+def test_to_root_variations_roundtrip(values, weights, process, tmp_path):
+    s = summarise(*_filled(values, weights, process))
     out = to_root_variations(s, "ttbar")
     assert list(out) == ["ttbar", "ttbar_mcdropoutUp", "ttbar_mcdropoutDown"]
     np.testing.assert_array_equal(out["ttbar"].values(flow=True), s["nominal", :].values(flow=True))
@@ -198,15 +247,16 @@ def test_to_root_variations_roundtrip(values, weights, tmp_path):
             np.testing.assert_allclose(f[key].axis().edges(), h.axes[0].edges)
 
 
-def test_to_root_variations_names_and_1d_only():
-    rng = np.random.default_rng(0)
-    h = fill_replicas(replica_hist(4, replica_axis="member"), rng.random((4, 100)))
-    s = summarise(h, nominal_hist().fill(score=rng.random(100)))
+def test_to_root_variations_names_and_1d_only(values, weights, process):
+    s = summarise(*_filled(values[:4], weights, process, axis="member"))
+    assert s.metadata == {"replica_axis": "member", "replicas": 4}
     assert set(to_root_variations(s, "sig")) == {"sig", "sig_ensembleUp", "sig_ensembleDown"}
     assert "sig_nnUp" in to_root_variations(s, "sig", variation="nn")
-    two_d = replica_hist(3, hist.axis.Regular(2, 0, 1, name="a"))
     two_d = hist.Hist(
-        *two_d.axes, hist.axis.Regular(2, 0, 1, name="b"), storage=hist.storage.Weight()
+        hist.axis.IntCategory(range(3), name="mc", overflow=False),
+        hist.axis.Regular(2, 0, 1, name="a"),
+        hist.axis.Regular(2, 0, 1, name="b"),
+        storage=hist.storage.Weight(),
     )
     nom_2d = hist.Hist(*two_d.axes[1:], storage=hist.storage.Weight())
     with pytest.raises(ValueError, match="1D"):
@@ -219,18 +269,20 @@ def test_to_root_variations_names_and_1d_only():
 @pytest.fixture
 def mc_and_ensemble():
     x = np.random.default_rng(2).normal(size=(3000, 3)).astype(np.float32)
+    process = np.where(np.arange(3000) % 4 == 0, "background", "signal")
     nets = []
     for seed in range(3):
         torch.manual_seed(seed)
         nets.append(build("mlp", n_inputs=3, hidden=[16], dropout=0.2).eval())
     mc = MCDropout(nets[0], samples=20, seed=1)
-    h_nom = nominal_hist().fill(score=mc.nominal(x))
-    s_mc = summarise(fill_replicas(replica_hist(20), mc.scores(x)), h_nom)
-    ens = Ensemble(nets)
-    s_ens = summarise(fill_replicas(replica_hist(3, replica_axis="member"), ens.scores(x)), h_nom)
-    _mean, std = mc.mean_std(x)
-    h2d = fill_std_vs_score(std_vs_score_hist(), mc.nominal(x), std)
-    return h_nom, {"MC dropout": s_mc, "Ensemble": s_ens}, h2d
+    nominal = mc.nominal(x)
+    reps = {"mc": mc.scores(x), "member": Ensemble(nets).scores(x)}
+    out = replica_hists("dnn", nominal, reps, process, np.ones(3000), PROCESSES)
+    sig = {"process": "signal"}
+    h_nom = _nominal(nominal[process == "signal"])
+    s_mc = summarise(out["score_dnn_mcdropout"][sig], h_nom)
+    s_ens = summarise(out["score_dnn_ensemble"][sig], h_nom)
+    return h_nom, {"MC dropout": s_mc, "Ensemble": s_ens}, out["score_std_dnn"][sig]
 
 
 def test_band_figure_draws_q16_q84_envelope(mc_and_ensemble):
@@ -248,6 +300,7 @@ def test_band_figure_draws_q16_q84_envelope(mc_and_ensemble):
 
 def test_plot_files_written(mc_and_ensemble, tmp_path):
     h_nom, summaries, h2d = mc_and_ensemble
+    assert [a.name for a in h2d.axes] == ["score", "score_std"]
     written = plot_band(h_nom, summaries, tmp_path / "plots" / "score_band")
     written += plot_std_vs_score(h2d, tmp_path / "plots" / "std_vs_score.png")
     assert sorted(p.name for p in written) == [
@@ -264,6 +317,6 @@ def test_plot_files_written(mc_and_ensemble, tmp_path):
 
 def test_band_figure_rejects_other_binning(mc_and_ensemble):
     _, summaries, _ = mc_and_ensemble
-    other = nominal_hist(hist.axis.Regular(10, 0, 1, name="score"))
+    other = hist.Hist(hist.axis.Regular(10, 0, 1, name="score"), storage=hist.storage.Weight())
     with pytest.raises(ValueError, match="binning"):
         band_figure(other, summaries)

@@ -39,7 +39,7 @@ import numpy as np
 from hepnn.columns import Columns
 from hepnn.jets.batch import constituent_layout, fatjet_batch
 from hepnn.jets.nanoaod import fatjet_constituents
-from hepnn.nets.apply import jet_scores
+from hepnn.nets.apply import jet_event_ids, jet_scores
 from hepnn.schemas import NanoSchema
 from hepnn.workflow import Workflow
 
@@ -169,7 +169,7 @@ class FatJets(Workflow):
         for tagger, path in self.context.jet_networks.items():
             # NaN where there is nothing to score: an empty jet or no link table.
             scores[tagger] = (
-                jet_scores(path, batch)
+                jet_scores(path, batch, event_ids=jet_event_ids(path, events, batch))
                 if batch is not None
                 else np.full(len(pt_flat), np.nan, dtype=np.float32)
             )

@@ -29,7 +29,7 @@ import numpy as np
 from hepnn.bands import replica_hists
 from hepnn.columns import Columns
 from hepnn.io.missing import with_missing
-from hepnn.nets.apply import network_score, replica_scores
+from hepnn.nets.apply import band_replicas, network_score
 from hepnn.schemas import BaseSchema
 from hepnn.workflow import Workflow
 
@@ -149,17 +149,13 @@ class Higgs(Workflow):
             score = network_score(path, events)
             columns[f"score_{net}"] = score
             out.update(self._network_hists(net, score, ev, dataset, process, jet_bin, weight))
-            replicas = {}
-            if self.context.mc_dropout:
-                mcd = replica_scores(path, events, **self.context.mc_dropout)
-                replicas["mc"] = mcd
-                columns[f"score_{net}_mcd_mean"] = mcd.mean(axis=0, dtype=np.float64)
-                columns[f"score_{net}_mcd_std"] = mcd.std(axis=0, dtype=np.float64)
-            members = self.context.ensembles.get(net, [])
-            if members:
-                replicas["member"] = np.stack(
-                    [score, *(network_score(p, events) for p in members[1:])]
-                )
+            replicas = band_replicas(
+                path, events, score, mc_dropout=self.context.mc_dropout,
+                members=self.context.ensembles.get(net),
+            )  # fmt: skip
+            if "mc" in replicas:
+                columns[f"score_{net}_mcd_mean"] = replicas["mc"].mean(axis=0, dtype=np.float64)
+                columns[f"score_{net}_mcd_std"] = replicas["mc"].std(axis=0, dtype=np.float64)
             out.update(replica_hists(net, score, replicas, process, weight, PROCESSES))
         out["columns"] = {dataset: Columns(columns)}
         return out

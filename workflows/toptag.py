@@ -39,7 +39,7 @@ from hepnn.bands import replica_hists
 from hepnn.columns import Columns
 from hepnn.errors import InputError
 from hepnn.jets.batch import fatjet_batch, jet_labels
-from hepnn.nets.apply import jet_scores, replica_scores, score_jets
+from hepnn.nets.apply import band_replicas, jet_event_ids, score_jets
 from hepnn.nets.data import baseline_columns
 from hepnn.schemas import NanoSchema
 from hepnn.workflow import Workflow
@@ -78,7 +78,7 @@ class TopTag(Workflow):
         if labels is None:
             labels = np.full(len(batch), -1, dtype=np.int64)
         process = np.array(PROCESSES)[np.where(labels == 1, 0, np.where(labels == 0, 1, 2))]
-        scores, images, extent = score_jets(self.context.jet_networks, batch)
+        scores, images, extent = score_jets(self.context.jet_networks, batch, events)
         empty = batch.empty
         n_const = batch.n_constituents
 
@@ -120,7 +120,7 @@ class TopTag(Workflow):
             h.fill(dataset=dataset, process=process[ok], score=score[ok].astype(np.float64))
             out[f"score_{name}"] = h
         out["jet_image_sum"] = self._image_sum(images, extent, process, empty)
-        mcd_columns = self._bands(batch, scores, process, empty, out)
+        mcd_columns = self._bands(events, batch, scores, process, empty, out)
 
         columns = {
             "event": ak.to_numpy(events.event)[batch.event_index].astype(np.int64),
@@ -137,24 +137,22 @@ class TopTag(Workflow):
         return out
 
     def _bands(
-        self, batch: Any, scores: dict[str, np.ndarray], process: np.ndarray, empty: np.ndarray,
+        self, events: Any, batch: Any, scores: dict[str, np.ndarray], process: np.ndarray, empty: np.ndarray,
         out: dict[str, Any],
     ) -> dict[str, np.ndarray]:  # fmt: skip
         """MC-dropout / ensemble replica histograms of every tagger score (``uncertainty``)."""
         columns: dict[str, np.ndarray] = {}
         ok = ~empty
         for name, path in self.context.jet_networks.items():
-            replicas = {}
-            if self.context.mc_dropout:
-                mcd = replica_scores(path, batch, **self.context.mc_dropout)
-                replicas["mc"] = mcd[:, ok]
-                columns[f"score_{name}_mcd_mean"] = mcd.mean(axis=0, dtype=np.float64)
-                columns[f"score_{name}_mcd_std"] = mcd.std(axis=0, dtype=np.float64)
-            members = self.context.ensembles.get(name, [])
-            if members:
-                member_scores = [scores[name], *(jet_scores(p, batch) for p in members[1:])]
-                replicas["member"] = np.stack(member_scores)[:, ok]
+            replicas = band_replicas(
+                path, batch, scores[name], mc_dropout=self.context.mc_dropout,
+                members=self.context.ensembles.get(name), event_ids=jet_event_ids(path, events, batch),
+            )  # fmt: skip
+            if "mc" in replicas:
+                columns[f"score_{name}_mcd_mean"] = replicas["mc"].mean(axis=0, dtype=np.float64)
+                columns[f"score_{name}_mcd_std"] = replicas["mc"].std(axis=0, dtype=np.float64)
             if replicas:
+                replicas = {k: v[:, ok] for k, v in replicas.items()}
                 weight = np.ones(int(ok.sum()))
                 out.update(replica_hists(name, scores[name][ok], replicas, process[ok], weight, PROCESSES))
         return columns

@@ -14,8 +14,9 @@ import awkward as ak
 import hist
 import numpy as np
 
+from hepnn.bands import replica_hists
 from hepnn.columns import Columns
-from hepnn.nets.apply import network_score
+from hepnn.nets.apply import band_replicas, network_score
 from hepnn.schemas import BaseSchema
 from hepnn.workflow import Workflow
 
@@ -23,7 +24,7 @@ PROCESSES = ["signal", "background"]
 
 
 class Toy(Workflow):
-    """Histograms of x1, x2 (1D and 2D) and network scores, by process."""
+    """Histograms of x1, x2 (1D and 2D) and network scores (with their bands), by process."""
 
     name = "toy"
     schema = BaseSchema
@@ -58,5 +59,11 @@ class Toy(Workflow):
             )
             h.fill(process=process, score=score.astype(np.float64))
             out[f"score_{net}"] = h
+            replicas = band_replicas(
+                path, events, score, mc_dropout=self.context.mc_dropout,
+                members=self.context.ensembles.get(net),
+            )  # fmt: skip
+            if replicas:
+                out.update(replica_hists(net, score, replicas, process, np.ones(len(label)), PROCESSES))
         out["columns"] = {dataset: Columns(columns)}
         return out

@@ -2,9 +2,9 @@
 
 * :mod:`hepnn.bands.replicas` — :class:`MCDropout` (replica-coherent seeded masks)
   and :class:`Ensemble`, each giving per-replica scores ``(T, N)``;
-* :mod:`hepnn.bands.hists` — replica histograms (one full histogram per replica),
-  :func:`replica_hists` for workflows, :func:`summarise` after accumulation and
-  ROOT up/down templates;
+* :mod:`hepnn.bands.hists` — :func:`replica_hists` (per process, one full score
+  histogram per replica, plus the per-event std vs score), :func:`summarise` after
+  accumulation and ROOT up/down templates (:func:`to_root_variations`);
 * :mod:`hepnn.bands.outputs` — :func:`band_outputs`, everything a run derives
   from its merged replica histograms;
 * :mod:`hepnn.bands.plots` — band figures; import it directly (it is not imported
@@ -17,16 +17,9 @@ from __future__ import annotations
 
 from hepnn.bands.hists import (
     QUANTILES,
-    REPLICA_LABELS,
     STATS,
     VARIATION_NAMES,
-    fill_replicas,
-    fill_std_vs_score,
-    nominal_hist,
-    replica_hist,
     replica_hists,
-    score_axis,
-    std_vs_score_hist,
     summarise,
     to_root_variations,
 )
@@ -43,23 +36,16 @@ from hepnn.bands.replicas import (
 __all__ = [
     "BAND_KINDS",
     "QUANTILES",
-    "REPLICA_LABELS",
     "STATS",
     "VARIATION_NAMES",
     "Ensemble",
     "MCDropout",
     "band_outputs",
     "dropout_modules",
-    "fill_replicas",
-    "fill_std_vs_score",
     "mask_shape",
-    "nominal_hist",
-    "replica_hist",
     "replica_hists",
     "replica_mask",
     "replica_seed",
-    "score_axis",
-    "std_vs_score_hist",
     "summarise",
     "to_root_variations",
 ]

@@ -1,20 +1,16 @@
 """MC-dropout and ensemble bands as ``hist`` objects.
 
 >>> mc = MCDropout(model, samples=100, seed=1)  # hepnn.bands.replicas
->>> h = replica_hist(100)  # axes: IntCategory "mc" x Regular "score"
->>> h_nom = nominal_hist()
->>> for x, w in chunks:  # per chunk, summed over chunks (in a fixed order)
-...     fill_replicas(h, mc.scores(x), w)
-...     h_nom.fill(score=mc.nominal(x), weight=w)
->>> summary = summarise(h, h_nom)  # StrCategory "stat": nominal, mean, std, q16, q84
+>>> out = replica_hists("dnn", mc.nominal(x), {"mc": mc.scores(x)}, process, w, PROCESSES)
+>>> # ... one ``out`` per chunk, added key by key over the chunks (in a fixed order)
+>>> reps = out["score_dnn_mcdropout"][{"process": "signal"}]  # axes "mc" x "score"
+>>> summary = summarise(reps, h_nominal)  # StrCategory "stat": nominal, mean, std, q16, q84
 
-Every replica fills its own full histogram (one bin row per replica), so the
-replica histograms add like any other histogram across chunks and executors. The
-band statistics are not additive: :func:`summarise` computes them only once,
-after accumulation, per bin over the replica axis.
-
-Workflows fill their per-network replica histograms with :func:`replica_hists`
-(``score_<net>_mcdropout``, ``score_<net>_ensemble``, ``score_std_<net>``).
+:func:`replica_hists` fills one full histogram per replica (one bin row per
+replica), so the replica histograms add like any other histogram across chunks and
+executors. The band statistics are not additive: :func:`summarise` computes them
+only once, after accumulation, per bin over the replica axis
+(:func:`hepnn.bands.outputs.band_outputs` does so for a whole run).
 """
 
 from __future__ import annotations
@@ -27,16 +23,9 @@ import numpy as np
 
 __all__ = [
     "QUANTILES",
-    "REPLICA_LABELS",
     "STATS",
     "VARIATION_NAMES",
-    "fill_replicas",
-    "fill_std_vs_score",
-    "nominal_hist",
-    "replica_hist",
     "replica_hists",
-    "score_axis",
-    "std_vs_score_hist",
     "summarise",
     "to_root_variations",
 ]
@@ -45,113 +34,9 @@ __all__ = [
 STATS: tuple[str, ...] = ("nominal", "mean", "std", "q16", "q84")
 #: Quantile levels of the band edges (numpy's default "linear" method).
 QUANTILES: dict[str, float] = {"q16": 0.16, "q84": 0.84}
-#: Axis labels of the replica axis, by axis name (``MCDropout.axis_name`` / ``Ensemble.axis_name``).
-REPLICA_LABELS: dict[str, str] = {"mc": "MC-dropout replica", "member": "Ensemble member"}
-#: Systematic names for :func:`to_root_variations`, by replica axis name.
+#: Systematic names, by replica axis name: histogram suffixes of :func:`replica_hists`
+#: and the default of :func:`to_root_variations`.
 VARIATION_NAMES: dict[str, str] = {"mc": "mcdropout", "member": "ensemble"}
-#: Keywords of ``Hist.fill`` that cannot be axis names.
-_RESERVED = frozenset({"sample", "weight", "threads"})
-
-
-def score_axis() -> hist.axis.Regular:
-    """The default variable axis: ``Regular(20, 0, 1, name="score", label="DNN score")``."""
-    return hist.axis.Regular(20, 0.0, 1.0, name="score", label="DNN score")
-
-
-def _check_axis(axis: Any) -> None:
-    if axis.name in _RESERVED:
-        msg = f"axis name {axis.name!r} is a reserved keyword of Hist.fill ({', '.join(sorted(_RESERVED))})"
-        raise ValueError(msg)
-    if not axis.name:
-        msg = "the variable axis needs a name (it is the fill keyword)"
-        raise ValueError(msg)
-
-
-def replica_hist(
-    replicas: int,
-    axis: hist.axis.AxesMixin | None = None,
-    *,
-    replica_axis: str = "mc",
-) -> hist.Hist:
-    """Empty histogram with one full variable histogram per replica.
-
-    Parameters
-    ----------
-    replicas
-        Number of replicas ``T`` (MC-dropout samples or ensemble members).
-    axis
-        Variable axis; default :func:`score_axis`.
-    replica_axis
-        Name of the replica axis: ``"mc"`` (MC dropout) or ``"member"`` (ensembles).
-
-    Returns
-    -------
-    hist.Hist
-        Axes ``IntCategory(range(T), name=replica_axis)`` (no overflow: a bad
-        replica index is an error, not a silent extra bin) and ``axis``; ``Weight``
-        storage.
-    """
-    if replicas < 1:
-        msg = f"replicas must be >= 1, got {replicas}"
-        raise ValueError(msg)
-    axis = score_axis() if axis is None else axis
-    _check_axis(axis)
-    if replica_axis in _RESERVED or replica_axis == axis.name:
-        msg = f"bad replica axis name {replica_axis!r}"
-        raise ValueError(msg)
-    cat = hist.axis.IntCategory(
-        range(replicas),
-        name=replica_axis,
-        label=REPLICA_LABELS.get(replica_axis, replica_axis),
-        overflow=False,
-    )
-    return hist.Hist(cat, axis, storage=hist.storage.Weight())
-
-
-def nominal_hist(axis: hist.axis.AxesMixin | None = None) -> hist.Hist:
-    """Empty 1D histogram (``Weight`` storage) for the nominal, dropout-off network."""
-    axis = score_axis() if axis is None else axis
-    _check_axis(axis)
-    return hist.Hist(axis, storage=hist.storage.Weight())
-
-
-def fill_replicas(
-    h: hist.Hist,
-    values: np.ndarray,
-    weights: np.ndarray | None = None,
-) -> hist.Hist:
-    """Fill replica ``t`` of ``h`` with ``values[t]`` for every ``t``; in place.
-
-    Parameters
-    ----------
-    h
-        From :func:`replica_hist`.
-    values
-        Shape ``(T, N)``: per-replica values of ``N`` events (any per-replica
-        variable, e.g. ``MCDropout.scores``).
-    weights
-        Event weights ``(N,)``, the same for every replica; ``None`` for unit weights.
-
-    Returns
-    -------
-    hist.Hist
-        ``h``, for chaining.
-    """
-    rep_axis, var_axis = h.axes[0], h.axes[1]
-    values = np.asarray(values)
-    if values.ndim != 2 or values.shape[0] != len(rep_axis):
-        msg = f"values must have shape (T={len(rep_axis)}, N), got {values.shape}"
-        raise ValueError(msg)
-    if weights is not None:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != values.shape[1:]:
-            msg = f"weights must have shape ({values.shape[1]},), got {weights.shape}"
-            raise ValueError(msg)
-    # One fill per replica (scalar category broadcast): never materialises the
-    # T*N flattened arrays.
-    for t, cat in enumerate(rep_axis):
-        h.fill(**{rep_axis.name: cat, var_axis.name: values[t]}, weight=weights)
-    return h
 
 
 def _values_variances(h: hist.Hist) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +61,8 @@ def summarise(h_replicas: hist.Hist, h_nominal: hist.Hist) -> hist.Hist:
     Parameters
     ----------
     h_replicas
-        Accumulated replica histogram (:func:`replica_hist`), all chunks summed.
+        Accumulated replica histogram, all chunks summed: axes replica x variable(s),
+        e.g. one process of :func:`replica_hists`, ``h[{"process": "signal"}]``.
     h_nominal
         Accumulated histogram of the nominal network, same variable axes.
 
@@ -222,38 +108,6 @@ def summarise(h_replicas: hist.Hist, h_nominal: hist.Hist) -> hist.Hist:
         view.value[i] = rows[stat]
     view.variance[0] = nom_var
     return out
-
-
-def std_vs_score_hist(
-    score: hist.axis.AxesMixin | None = None,
-    std: hist.axis.AxesMixin | None = None,
-) -> hist.Hist:
-    """Empty 2D histogram: nominal score vs per-event std over replicas.
-
-    Defaults: :func:`score_axis` and ``Regular(25, 0, 0.25, name="score_std")``.
-    Fill with :func:`fill_std_vs_score`.
-    """
-    score = score_axis() if score is None else score
-    std = (
-        hist.axis.Regular(25, 0.0, 0.25, name="score_std", label="Per-event std of DNN score")
-        if std is None
-        else std
-    )
-    _check_axis(score)
-    _check_axis(std)
-    return hist.Hist(score, std, storage=hist.storage.Weight())
-
-
-def fill_std_vs_score(
-    h: hist.Hist,
-    nominal: np.ndarray,
-    std: np.ndarray,
-    weights: np.ndarray | None = None,
-) -> hist.Hist:
-    """Fill :func:`std_vs_score_hist` with per-event nominal scores and stds; in place."""
-    ax_score, ax_std = h.axes
-    h.fill(**{ax_score.name: np.asarray(nominal), ax_std.name: np.asarray(std)}, weight=weights)
-    return h
 
 
 def to_root_variations(

@@ -113,7 +113,6 @@ class CNN1D(nn.Module):
         self.n_features = int(n_features)
         self.pooling = pooling
         self._pools = pools
-        self.activation_name = activation
         self.activation = ACTIVATIONS[activation]()
 
         chans = [self.n_features, *filt]

@@ -97,7 +97,6 @@ class CNN2D(nn.Module):
         p = check_rate(dropout)
         p_conv = check_rate(p if conv_dropout is None else conv_dropout)
         p_in = check_rate(p_conv if input_dropout is None else input_dropout)
-        self.activation_name = activation
 
         layers: list[nn.Module] = []
 

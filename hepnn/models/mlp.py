@@ -59,7 +59,6 @@ class MLP(nn.Module):
         for p in (dropout, p_in):
             check_rate(p)
         widths = [n_inputs, *hidden, 1]
-        self.activation_name = activation
         self.activation = ACTIVATIONS[activation]()
         self.dropouts = nn.ModuleList(
             nn.Dropout(p_in if i == 0 else dropout) for i in range(len(widths) - 1)

@@ -376,15 +376,77 @@ def replica_scores(
     )
 
 
+def jet_event_ids(model_path: str | os.PathLike[str], events: Any, batch: JetBatch) -> np.ndarray | None:
+    """Event id of every jet of ``batch`` for a k-fold jet network (None for other splits).
+
+    Taken from the split's id column of ``events`` (the events ``batch`` came from).
+    """
+    split = get_network(model_path).split
+    if split.method != "kfold":
+        return None
+    if events is None or split.id_column not in events.fields:
+        msg = f"{model_path}: a k-fold jet network needs the events' {split.id_column!r} column"
+        raise ModelError(msg)
+    import awkward as ak
+
+    return ak.to_numpy(events[split.id_column])[batch.event_index]
+
+
+def band_replicas(
+    model_path: str | os.PathLike[str],
+    source: Any,
+    score: np.ndarray,
+    *,
+    mc_dropout: Mapping[str, int] | None = None,
+    members: list[str] | None = None,
+    event_ids: Any = None,
+) -> dict[str, np.ndarray]:
+    """The replicas of a network's bands, for :func:`hepnn.bands.replica_hists`.
+
+    Parameters
+    ----------
+    model_path, source, event_ids
+        As for :func:`apply_network` (event columns or a ``JetBatch``).
+    score
+        The nominal score of every row (member 0 of an ensemble).
+    mc_dropout
+        ``{"samples": T, "seed": S}`` (``WorkflowContext.mc_dropout``), or empty / None.
+    members
+        Model folders of the ensemble members, member 0 first
+        (``WorkflowContext.ensembles[name]``), or empty / None.
+
+    Returns
+    -------
+    dict
+        ``"mc"``: MC-dropout scores ``(T, N)``; ``"member"``: member scores ``(M, N)``;
+        only the ones asked for.
+    """
+    loaded = get_network(model_path)
+    if loaded.kind == "flat" and not isinstance(source, EventColumns):
+        source = EventColumns(source)
+    out: dict[str, np.ndarray] = {}
+    if mc_dropout:
+        replicas = (int(mc_dropout["samples"]), int(mc_dropout["seed"]))
+        out["mc"] = apply_network(loaded, source, event_ids=event_ids, replicas=replicas)
+    if members:
+        rest = [apply_network(get_network(p), source, event_ids=event_ids) for p in members[1:]]
+        out["member"] = np.stack([score, *rest])
+    return out
+
+
 def score_jets(
-    networks: Mapping[str, str | os.PathLike[str]], batch: JetBatch
+    networks: Mapping[str, str | os.PathLike[str]], batch: JetBatch, events: Any = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[float, float]]:
     """Scores of every jet network, plus the images of the first image network and their extent.
 
+    ``events`` (the events ``batch`` came from) gives k-fold networks their event ids.
     The images are what the image network sees before its pixel normalisation (for
     average-image histograms); with no image network, the default image settings.
     """
-    scores = {name: jet_scores(path, batch) for name, path in networks.items()}
+    scores = {
+        name: jet_scores(path, batch, event_ids=jet_event_ids(path, events, batch))
+        for name, path in networks.items()
+    }
     image = next(
         (b for b in (get_network(p).builder for p in networks.values()) if isinstance(b, ImageBuilder)),
         None,

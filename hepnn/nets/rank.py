@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hepnn.models.forward import INFERENCE_THREADS, torch_threads
 from hepnn.nets.split import VAL, held_out, route, split_codes
 from hepnn.plotting import save_figure
 from hepnn.taylor import (
@@ -106,22 +107,38 @@ def rank_network(
 def jet_map(
     name: str, loaded: LoadedNetwork, data: TrainingData, stem: Path, formats: tuple[str, ...]
 ) -> tuple[TaylorResult, list[Path]]:
-    """First-order map of a jet network on its held-out jets, drawn to ``stem``; its ranking."""
+    """First-order map of a jet network on its held-out jets, drawn to ``stem``; its ranking.
+
+    Each jet is differentiated through the model that scores it (k-fold routing);
+    the maps of the models are combined by their per-element event counts.
+    """
     rows = np.flatnonzero(held_out(data.ids, loaded.split) & data.usable)[:MAX_MAP_ROWS]
-    model, builder = loaded.models[0], loaded.builders[0]
-    x = builder.transform(data.raw[rows])
-    if loaded.kind == "image":
+    which = route(data.ids[rows], loaded.split)
+    builder = loaded.builder
+    maps = []
+    for m, (model, fitted) in enumerate(zip(loaded.models, loaded.builders, strict=True)):
+        sub = rows[which == m]
+        if sub.size == 0:
+            continue
+        x = fitted.transform(data.raw[sub])
+        # sequences: only real constituents count (the last input channel is the mask)
+        mask = None if loaded.kind == "image" else np.repeat((x[:, -1:] != 0), x.shape[1], axis=1)
         with prepared_inputs():
-            gmap = mean_abs_gradient(model, x, check_inputs=False)
+            maps.append(mean_abs_gradient(model, x, mask=mask, check_inputs=False, return_norm=True))
+    if not maps:
+        msg = f"{loaded.path}: no held-out jets to map"
+        raise ValueError(msg)
+    gmap, den = maps[0]
+    if len(maps) > 1:  # k folds: weight each model's map by its per-element counts
+        den = sum(norm for _, norm in maps)
+        num = sum(np.where(norm > 0, g, 0.0) * norm for g, norm in maps)
+        gmap = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    if loaded.kind == "image":
         fig = image_map_figure(gmap, list(builder.settings.channels), name)
         values = gmap.sum(axis=(1, 2))  # one summed sensitivity per channel
     else:
-        # only real constituents count: the last input channel is the mask
-        mask = np.repeat((x[:, -1:] != 0), x.shape[1], axis=1)
-        with prepared_inputs():
-            fmap, norm = mean_abs_gradient(model, x, mask=mask, check_inputs=False, return_norm=True)
-        fmap = fmap[:-1]  # the mask channel is not a physics input
-        values = aggregate_constituents(fmap, norm[:-1])
+        fmap = gmap[:-1]  # the mask channel is not a physics input
+        values = aggregate_constituents(fmap, den[:-1])
         fig = sequence_map_figure(fmap, builder.input_names, name)
     files = save_figure(fig, stem, formats) if formats else []
     return first_order_result(builder.input_names, values, int(rows.size)), files
@@ -140,16 +157,19 @@ def write_network_ranking(
 ) -> list[Path]:
     """Rank network ``name`` and write ``outdir/ranking/<name>.{csv,json,md,<formats>}``.
 
-    Jet networks also get ``ranking/<name>_taylor_map.<formats>``.
+    Jet networks also get ``ranking/<name>_taylor_map.<formats>``. The derivatives
+    are taken on one pinned intra-op thread: float32 reductions depend on the thread
+    count, and ``hepnn rank`` must reproduce a run's table bit for bit on any machine.
     """
     files: list[Path] = []
-    if loaded.kind == "flat":
-        result = rank_network(loaded, data, settings, seed=seed, progress=progress)
-        top = settings.top
-    else:
-        stem = outdir / "ranking" / f"{name}_taylor_map"
-        result, files = jet_map(name, loaded, data, stem, formats)
-        top = None
+    with torch_threads(INFERENCE_THREADS):
+        if loaded.kind == "flat":
+            result = rank_network(loaded, data, settings, seed=seed, progress=progress)
+            top = settings.top
+        else:
+            stem = outdir / "ranking" / f"{name}_taylor_map"
+            result, files = jet_map(name, loaded, data, stem, formats)
+            top = None
     paths = write_ranking(result, outdir, name, top, plot_top=settings.plot_top, formats=formats)
     return files + list(paths.values())
 

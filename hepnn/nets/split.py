@@ -26,7 +26,6 @@ from hepnn.nets.spec import SplitSpec
 
 #: Codes of :func:`split_codes`.
 TRAIN, VAL, TEST = 0, 1, 2
-CODE_NAMES = ("train", "validation", "test")
 
 
 class Stream(IntEnum):
