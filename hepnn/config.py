@@ -9,7 +9,6 @@ outputs, and its sha256 keys caches and checkpoints.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from hepnn.errors import ConfigError
+from hepnn.files import sha256_json
 from hepnn.nets.spec import OLD_FORM_HELP, NetworkMap, old_form
 
 
@@ -271,5 +271,4 @@ def resolved_dict(cfg: Config) -> dict[str, Any]:
 
 def config_hash(cfg: Config) -> str:
     """sha256 of the resolved config (canonical JSON)."""
-    blob = json.dumps(resolved_dict(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return sha256_json(resolved_dict(cfg))

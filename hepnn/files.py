@@ -94,6 +94,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_json(data: Any) -> str:
+    """Hex sha256 of the canonical JSON of ``data`` (sorted keys, no spaces; ``str`` of anything else)."""
+    return sha256_bytes(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's content, read in blocks (bounded memory)."""
     h = hashlib.sha256()

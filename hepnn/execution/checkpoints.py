@@ -36,7 +36,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from hepnn.files import atomic_bytes, atomic_write, sha256_bytes, sha256_file
+from hepnn.files import atomic_bytes, atomic_write, sha256_bytes, sha256_file, sha256_json
 
 CHECKPOINT_DIR = ".checkpoints"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -108,9 +108,7 @@ def run_fingerprint(
         The parts, JSON-able, with their sha256 under ``"fingerprint"``.
     """
     relevant = {k: v for k, v in config.items() if k not in {"executor", "outputs"}}
-    relevant_hash = sha256_bytes(
-        json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str).encode()
-    )
+    relevant_hash = sha256_json(relevant)
     parts: dict[str, Any] = {
         "config_sha256": relevant_hash,
         "workflow_sha256": workflow_sha256,
@@ -119,8 +117,7 @@ def run_fingerprint(
         "datasets": json.loads(json.dumps(datasets or {}, sort_keys=True, default=str)),
         "versions": _versions(),
     }
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"))
-    parts["fingerprint"] = sha256_bytes(blob.encode())
+    parts["fingerprint"] = sha256_json(parts)
     return parts
 
 
