@@ -80,6 +80,8 @@ class Run:
     root_extra: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: Wall seconds of every stage run so far, by stage name.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -258,6 +260,12 @@ def finish(run: Run) -> None:
         "started": run.started.isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - run.t0, 3),
         "processing_time_s": round(result.wall_time, 3),
+        "stage_seconds": dict(run.seconds),
+        "events_per_second": (
+            round(sum(result.entries_processed.values()) / result.wall_time, 1)
+            if result.wall_time > 0
+            else None
+        ),
         "n_chunks": result.n_chunks,
         "executor_used": result.executor_info,
         "checkpoints": {"resume": run.resume, "chunks_reused": result.chunks_reused},
@@ -329,7 +337,9 @@ def run_config(
         progress=progress, console=console, resume=resume, models_dir=models_dir,
     )  # fmt: skip
     for stage in STAGES:
+        start = time.perf_counter()
         stage(run)
+        run.seconds[stage.__name__] = round(time.perf_counter() - start, 3)
     return run
 
 
@@ -378,4 +388,8 @@ def _print_end(run: Run) -> None:
     assert run.result is not None
     if run.result.chunks_reused:
         console.print(f"reused {run.result.chunks_reused} chunk(s) from checkpoints (--resume)")
+    times = ", ".join(f"{name} {sec:.1f} s" for name, sec in run.seconds.items() if sec >= 0.05)
+    console.print(f"time by stage: {times}")
+    if manifest["events_per_second"] is not None:
+        console.print(f"processing: {manifest['events_per_second']:,.0f} events/s")
     console.print(f"wrote {len(run.files)} files to {run.outdir} in {manifest['wall_time_s']:.1f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import pickle
@@ -172,6 +173,7 @@ def test_run_is_the_list_of_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     seen: list[str] = []
 
     def recorded(stage: Callable[[pipeline.Run], None]) -> Callable[[pipeline.Run], None]:
+        @functools.wraps(stage)
         def wrapper(run: pipeline.Run) -> None:
             assert not (tmp_path / "manifest.json").exists()  # written by the last stage only
             seen.append(stage.__name__)
@@ -190,6 +192,15 @@ def test_run_is_the_list_of_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert set(run.manifest["outputs"]) == {
         str(f.relative_to(tmp_path)) for f in run.files if f.name != "manifest.json"
     }
+    # the time account: every stage before the manifest, and the processing rate
+    stage_seconds = run.manifest["stage_seconds"]
+    assert list(stage_seconds) == names[:-1]
+    assert all(sec >= 0 for sec in stage_seconds.values())
+    assert stage_seconds["process_events"] >= run.manifest["processing_time_s"] * 0.5
+    processed = sum(d["entries_processed"] for d in run.manifest["datasets"].values())
+    assert run.manifest["events_per_second"] == pytest.approx(
+        processed / run.manifest["processing_time_s"], rel=0.01
+    )
 
 
 @pytest.mark.parametrize(
