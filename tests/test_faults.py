@@ -258,3 +258,15 @@ def test_tree_merger_is_order_and_chunking_independent(
     assert merger.result() == ({} if expected is None else expected)
     done = {("d", "f", a, b): {"nodes": chunk_nodes(a, b)} for a, b in kept}
     assert merge_tree(done, 1) == merger.result()
+
+
+def test_garbage_collected_only_when_memory_grew() -> None:
+    """A full collection runs after a chunk only once RSS grew by GC_GROWTH_BYTES."""
+    from hepnn.execution.task import GC_GROWTH_BYTES, collect_garbage
+
+    base = 1  # below any real RSS: becomes the reference level
+    assert not collect_garbage(rss=base)
+    assert not collect_garbage(rss=base + GC_GROWTH_BYTES - 1)
+    assert collect_garbage(rss=base + GC_GROWTH_BYTES)
+    assert not collect_garbage(rss=base + GC_GROWTH_BYTES)  # the level after the collection
+    assert collect_garbage(rss=base + 2 * GC_GROWTH_BYTES)

@@ -698,3 +698,53 @@ def test_with_missing_selected_fields() -> None:
         with_missing(raw, fields=["DER_pt_h"])
     with pytest.raises(TypeError):
         with_missing(ak.Array([1.0, 2.0]))
+
+
+def test_with_missing_is_lazy_and_bitwise_equal(higgs_converted: ConvertedCSV) -> None:
+    """Only the fields read are read and masked (coffea access log), each once, same bits."""
+    from coffea.nanoevents import BaseSchema, NanoEventsFactory
+
+    log: list = []
+    with uproot.open(higgs_converted.root_path) as f:
+        events = NanoEventsFactory.from_root(
+            file=f,
+            treepath=higgs_converted.treename,
+            schemaclass=BaseSchema,
+            metadata={"dataset": "higgs"},
+            access_log=log,
+            mode="virtual",
+            entry_stop=3_000,
+        ).events()
+        ev = with_missing(events)
+        assert ev.fields == list(events.fields)
+        assert len(ev) == 3_000
+        assert not log  # nothing read yet
+        mmc = ev.DER_mass_MMC
+        assert ev["DER_mass_MMC"] is mmc  # cached per field
+        assert ev.Label.to_list() == events.Label.to_list()
+        assert {a.branch for a in log} == {"DER_mass_MMC", "Label"}
+        eager = ak.zip({n: mask_missing(events[n]) for n in FEATURES}, depth_limit=1)
+        for name in FEATURES:
+            lazy, ref = ev[name], eager[name]
+            assert str(lazy.type) == str(ref.type), name
+            assert ak.is_none(lazy).to_numpy().tobytes() == ak.is_none(ref).to_numpy().tobytes()
+            a = ak.to_numpy(ak.fill_none(lazy, 0.0))
+            b = ak.to_numpy(ak.fill_none(ref, 0.0))
+            assert a.tobytes() == b.tobytes(), name
+    with pytest.raises(AttributeError):
+        _ = ev.not_a_field
+    with pytest.raises(KeyError):
+        _ = ev["not_a_field"]
+    assert ev.to_record().fields == ev.fields
+
+
+def test_mask_missing_flat_is_ak_mask_bitwise() -> None:
+    """The numpy path for flat columns builds exactly what ``ak.mask`` builds."""
+    rng = np.random.default_rng(5)
+    for dtype in (np.float64, np.float32):
+        values = np.where(rng.random(1_000) < 0.3, MISSING_VALUE, rng.random(1_000)).astype(dtype)
+        arr = ak.Array(values)
+        fast, ref = mask_missing(arr), ak.mask(arr, arr != MISSING_VALUE)
+        assert fast.layout.form == ref.layout.form
+        assert np.asarray(fast.layout.mask).tobytes() == np.asarray(ref.layout.mask).tobytes()
+        assert fast.layout.content.data.tobytes() == ref.layout.content.data.tobytes()
