@@ -83,21 +83,10 @@ def collect_garbage(rss: int | None = None) -> bool:
     is ``GC_GROWTH_BYTES`` above what it was after the last collection. Peak memory is
     then bounded by that level plus the margin, whatever the number of events.
 
-    Measured on 1,008,000 Higgs events (replicated ``samples/higgs_challenge_18k.csv``),
-    ``run_workflow`` of ``workflows/higgs.py``, iterative, 100k-event chunks, 2 shared
-    cores, all collections timed with ``gc.callbacks``:
-
-    ===============================  ===========  ===========  ==================
-    policy                           events/s     time in gc   peak RSS (VmHWM)
-    ===============================  ===========  ===========  ==================
-    collect after every chunk        124k         2.20 s       487 MB
-    paced to ~10 % of chunk time     135k, 120k   1.03, 1.09   530 MB
-    never (CPython's own only)       141k, 141k   0.46, 0.45   694 MB, +28/chunk
-    on 128 MB of growth (this)       130k, 151k   0.71, 0.66   603 MB, flat
-    ===============================  ===========  ===========  ==================
-
-    (two interleaved rounds; events/s is noisy, another process shared the cores; the
-    0.45 s floor is CPython's own young-generation collections.)
+    Measured on 1,008,000 Higgs events (iterative, 100k-event chunks, every collection
+    timed with ``gc.callbacks``): a collection after every chunk spent 2.20 s in gc (peak
+    RSS 487 MB); pacing to ~10 % of chunk time 1.03-1.09 s (530 MB); never collecting
+    0.45 s but +28 MB per chunk; this rule 0.66-0.71 s with a flat 603 MB.
 
     Parameters
     ----------
