@@ -14,7 +14,9 @@ networks on the same jets read them once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import awkward as ak
@@ -33,12 +35,29 @@ if TYPE_CHECKING:
 
 
 def source_digest(entry: FileEntry, fmt: str) -> str:
-    """Content hash of a dataset file as the user gave it (npy folder, CSV or ROOT file)."""
+    """Content hash of a dataset file as the user gave it (npy folder, CSV or ROOT file).
+
+    Training records it in ``model.json`` and the metrics match it against the run's
+    datasets: the hash is kept per (path, size, modification time) of every file it
+    covers, so a run reads each input once for it.
+    """
+    if fmt == "part-npy":
+        from hepnn.io.part_npy import find_files
+
+        paths = tuple(str(f) for f in find_files(entry.source)[1].values())
+    else:
+        paths = (str(entry.source),)
+    stats = tuple((p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths)
+    return _digest(str(entry.source), fmt, stats)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(source: str, fmt: str, stats: tuple[tuple[str, int, int], ...]) -> str:
     if fmt == "part-npy":
         from hepnn.io.part_npy import content_hash, find_files
 
-        return content_hash(find_files(entry.source)[1])
-    return sha256_file(entry.source)
+        return content_hash(find_files(source)[1])
+    return sha256_file(source)
 
 
 @dataclass

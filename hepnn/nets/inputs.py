@@ -103,9 +103,9 @@ def register_builder(cls: type[InputBuilder]) -> type[InputBuilder]:
 
 def builder_class(kind: str) -> type[InputBuilder]:
     """The builder class of a kind of input."""
-    # The implementations register on import; import them here so that any
-    # caller of this module finds every kind.
-    from hepnn.nets import augment, flat  # noqa: F401
+    # The flat builder registers on import (it lives in its own module, which imports
+    # this one); import it here so that any caller of this module finds every kind.
+    from hepnn.nets import flat  # noqa: F401
 
     try:
         return _BUILDERS[kind]
