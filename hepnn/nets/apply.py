@@ -226,6 +226,7 @@ def apply_network(
     replicas: tuple[int, int] | None = None,
     batch_size: int | None = None,
     output: Output = "sigmoid",
+    raw: np.ndarray | None = None,
 ) -> np.ndarray:
     """Score every row of ``source`` with a loaded network (the engine of the functions below).
 
@@ -248,6 +249,9 @@ def apply_network(
         Micro-batch rows (default: the builder's).
     output
         ``sigmoid`` or ``logit``.
+    raw
+        The builder's :meth:`~hepnn.nets.inputs.InputBuilder.raw` of ``source``, when
+        the caller has built it already (it is not built again).
 
     Returns
     -------
@@ -258,7 +262,7 @@ def apply_network(
     _check_output(output)
     builder = loaded.builder
     mb = batch_size or builder.micro_batch
-    raw = builder.raw(source)
+    raw = builder.raw(source) if raw is None else raw
     n = raw.shape[0]
 
     def score(m: int, rows_raw: np.ndarray) -> np.ndarray:
@@ -331,6 +335,14 @@ def network_score(
     return apply_network(loaded, source, event_ids=event_ids, batch_size=batch_size, output=output)
 
 
+def _jet_network(model_path: str | os.PathLike[str]) -> LoadedNetwork:
+    loaded = get_network(model_path)
+    if loaded.kind == "flat":
+        msg = f"{loaded.path}: a flat network scores events; use hepnn.nets.apply.network_score"
+        raise ModelError(msg)
+    return loaded
+
+
 def jet_scores(
     model_path: str | os.PathLike[str],
     batch: JetBatch,
@@ -344,10 +356,7 @@ def jet_scores(
     ``batch`` comes from :func:`hepnn.jets.batch.fatjet_batch` (NanoEvents) or
     :meth:`hepnn.jets.batch.JetBatch.from_arrays` (any awkward constituents).
     """
-    loaded = get_network(model_path)
-    if loaded.kind == "flat":
-        msg = f"{loaded.path}: a flat network scores events; use hepnn.nets.apply.network_score"
-        raise ModelError(msg)
+    loaded = _jet_network(model_path)
     return apply_network(loaded, batch, event_ids=event_ids, batch_size=batch_size, output=output)
 
 
@@ -443,15 +452,15 @@ def score_jets(
     The images are what the image network sees before its pixel normalisation (for
     average-image histograms); with no image network, the default image settings.
     """
-    scores = {
-        name: jet_scores(path, batch, event_ids=jet_event_ids(path, events, batch))
-        for name, path in networks.items()
-    }
-    image = next(
-        (b for b in (get_network(p).builder for p in networks.values()) if isinstance(b, ImageBuilder)),
-        None,
-    )
-    if image is None:
-        image = make_builder(ImageInputs())
+    loaded = {name: _jet_network(path) for name, path in networks.items()}
+    image_net = next((n for n, net in loaded.items() if isinstance(net.builder, ImageBuilder)), None)
+    image = make_builder(ImageInputs()) if image_net is None else loaded[image_net].builder
     assert isinstance(image, ImageBuilder)
-    return scores, image.raw(batch), image.extent
+    images = image.raw(batch)  # built once: scored by the image network and returned
+    scores = {}
+    for name, path in networks.items():
+        scores[name] = apply_network(
+            loaded[name], batch, event_ids=jet_event_ids(path, events, batch),
+            raw=images if name == image_net else None,
+        )  # fmt: skip
+    return scores, images, image.extent
