@@ -151,3 +151,35 @@ def test_worker_killed_mid_run(tmp_path: Path, cluster: Any, reference: bytes) -
     assert m["datasets"]["higgs_challenge"]["entries_processed"] == 18000
     assert m["complete"]
     assert (out / "hists.pkl").read_bytes() == reference
+
+
+def test_network_column_under_dask_is_the_iterative_one(tmp_path: Path, cluster: Any) -> None:
+    """The Higgs DNN applied by dask workers: the same score bits, the same histograms."""
+    import pyarrow.parquet as pq
+
+    config = str(REPO / "configs" / "higgs.yaml")
+    quick = [
+        "--set", "networks.dnn.training.epochs=1", "--set", "uncertainty={}",
+        "--set", "taylor=null", "--set", "outputs.plots=false",
+        "--set", "outputs.hists_root=false", "--set", "executor.chunksize=4000",
+        "--set", "executor.block_size=2000",
+    ]  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", config, "-o", str(tmp_path / "it"), "--quiet", *quick])
+    assert res.exit_code == 0, res.output
+    models = str(tmp_path / "it" / "models")
+    res = runner.invoke(
+        main,
+        ["run", config, "-o", str(tmp_path / "dask"), "--quiet", "--models", models, *quick,
+         "--scheduler", cluster.scheduler.address],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert manifest(tmp_path / "dask")["executor_used"]["name"] == "dask"
+    it = pq.read_table(tmp_path / "it" / "columns" / "higgs_challenge.parquet")
+    dk = pq.read_table(tmp_path / "dask" / "columns" / "higgs_challenge.parquet")
+    assert (
+        it.column("score_dnn").to_numpy().tobytes() == dk.column("score_dnn").to_numpy().tobytes()
+    )
+    assert (tmp_path / "it" / "hists.pkl").read_bytes() == (
+        tmp_path / "dask" / "hists.pkl"
+    ).read_bytes()

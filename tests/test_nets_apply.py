@@ -221,7 +221,7 @@ def test_awkward_option_arrays_are_missing(parity_model, higgs, features):
 
 
 def test_coffea_base_schema_events(tmp_path, kfold_model, higgs, features):
-    uproot = pytest.importorskip("uproot")
+    import uproot
     from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
     n = 3000

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "scripts" / "readme_numbers.py")
-assert _spec is not None and _spec.loader is not None
+_spec = importlib.util.spec_from_file_location(
+    "readme_numbers", ROOT / "scripts" / "readme_numbers.py"
+)
+assert _spec is not None
+assert _spec.loader is not None
 numbers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(numbers)
 
@@ -37,7 +40,8 @@ def test_write_replaces_only_the_block_body(tmp_path: Path) -> None:
     assert numbers.differences(tmp_path / "runs", readme)  # 0.111 is not what the run gives
     assert numbers.write(tmp_path / "runs", readme) == ["higgs"]
     text = readme.read_text()
-    assert text.startswith("intro 0.5\n") and text.endswith("end 0.7\n")
+    assert text.startswith("intro 0.5\n")
+    assert text.endswith("end 0.7\n")
     assert "AUC 0.893 (weighted 0.920) on all 18,000 events" in text
     assert not [p for p in numbers.differences(tmp_path / "runs", readme) if "higgs" in p]
 
