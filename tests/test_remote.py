@@ -13,49 +13,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import awkward as ak
-import hist
 import pytest
 import uproot
 import yaml
 from click.testing import CliRunner
+from count_jets import assert_same_hists, resolve, run_count
 from range_server import RangeServer, serve
 
 from hepnn.cli import main
-from hepnn.config import ExecutorConfig, load_config
+from hepnn.config import load_config
 from hepnn.errors import ConfigError
-from hepnn.execution import run_workflow
 from hepnn.io.remote import file_identity, remote_info
 from hepnn.pipeline import run_config
-from hepnn.samples import load_samples, resolve_samples
-from hepnn.schemas import BaseSchema
-from hepnn.workflow import Workflow
+from hepnn.samples import load_samples
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 #: one chunk per file: building NanoAOD events costs seconds per chunk on a busy machine
 FAST = ["networks={}", "outputs.plots=false", "options.fatjet_pt_min=0", "executor.chunksize=1000"]
-
-
-class CountJets(Workflow):
-    """Jets per event and jet pT, per dataset (enough to compare remote and local reads).
-
-    Flat branches (``BaseSchema``): building NanoAOD collections costs seconds per chunk.
-    """
-
-    schema = BaseSchema
-
-    def process(self, events: Any) -> dict[str, Any]:
-        ds = list(self.context.datasets)
-        h = hist.Hist(
-            hist.axis.StrCategory(ds, name="dataset"),
-            hist.axis.Regular(20, 0, 200, name="pt"),
-            storage=hist.storage.Weight(),
-        )
-        h.fill(dataset=events.metadata["dataset"], pt=ak.flatten(events.Jet_pt))
-        n = hist.Hist(hist.axis.StrCategory(ds, name="dataset"), hist.axis.Integer(0, 20, name="n"))
-        n.fill(dataset=events.metadata["dataset"], n=events.nJet)
-        return {"jet_pt": h, "njet": n}
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +54,6 @@ def _nano_samples(base: str) -> dict[str, Any]:
             "dy": {"files": [f"{base}/nanoaod/nano_dy.root"], "metadata": {"is_mc": True}},
         }
     }
-
-
-def assert_same_hists(a: dict[str, Any], b: dict[str, Any]) -> None:
-    """Same histogram names, axes and bits (values and variances, flow included)."""
-    names = sorted(k for k in a if isinstance(a[k], hist.Hist))
-    assert names
-    assert names == sorted(k for k in b if isinstance(b[k], hist.Hist))
-    for k in names:
-        assert a[k].axes == b[k].axes, k
-        va, vb = a[k].view(flow=True), b[k].view(flow=True)
-        assert va.tobytes() == vb.tobytes(), k
 
 
 def test_http_samples_yaml_processes_every_event_with_local_hists(
@@ -140,19 +104,6 @@ def test_unreachable_or_missing_url_exits_2_with_one_line(
     assert expect in lines[0]
 
 
-def _resolve(samples: Path, cache: Path, **kw: Any) -> dict[str, Any]:
-    return resolve_samples(load_samples(samples), cache, **kw)
-
-
-def _run(datasets: dict[str, Any], **executor: Any) -> Any:
-    from hepnn.workflow import WorkflowContext
-
-    wf = CountJets(WorkflowContext(datasets={n: d.metadata for n, d in datasets.items()}))
-    executor = {"chunksize": 20, **executor}
-    cfg = ExecutorConfig(name="iterative", block_size=10, **executor)
-    return run_workflow(wf, BaseSchema, datasets, cfg, status=False)
-
-
 def test_url_failing_mid_read_is_retried_then_skipped(http: RangeServer, tmp_path: Path) -> None:
     """A 503 on a basket read is a read error: retried, then skipped and accounted."""
     url = f"{http.url}/nanoaod/nano_dy.root"
@@ -161,18 +112,18 @@ def test_url_failing_mid_read_is_retried_then_skipped(http: RangeServer, tmp_pat
         tmp_path / "l.yaml",
         {"datasets": {"dy": {"files": [str(SAMPLES / "nanoaod" / "nano_dy.root")]}}},
     )
-    datasets = _resolve(samples, tmp_path / "cache")
+    datasets = resolve(samples, tmp_path / "cache")
     assert datasets["dy"].entries == 40
-    truth = _run(_resolve(local, tmp_path / "cache"), chunksize=40)
+    truth = run_count(resolve(local, tmp_path / "cache"), chunksize=40)
 
     # the last range request of a clean chunk reads baskets: fail it once -> one retry
     http.log.clear()
-    clean = _run(datasets, chunksize=40)
+    clean = run_count(datasets, chunksize=40)
     assert_same_hists(clean.output, truth.output)
     per_chunk = len([r for m, p, r in http.log if r])
     assert per_chunk >= 3, http.log
     http.fail_ranges["nano_dy.root"] = (per_chunk - 1, 1)
-    retried = _run(datasets, retries=2, chunksize=40)
+    retried = run_count(datasets, retries=2, chunksize=40)
     assert len(retried.retries) == 1
     assert url in retried.retries[0]
     assert "ClientResponseError" in retried.retries[0]
@@ -182,7 +133,7 @@ def test_url_failing_mid_read_is_retried_then_skipped(http: RangeServer, tmp_pat
     # every read fails: after the retries, each chunk is skipped with its reason
     http.fail_ranges["nano_dy.root"] = (0, 10**6)
     try:
-        skipped = _run(datasets, retries=1, skip_bad_files=True)
+        skipped = run_count(datasets, retries=1, skip_bad_files=True)
     finally:
         http.fail_ranges.clear()
     acc = skipped.accounting()["dy"]
@@ -222,13 +173,13 @@ def test_csv_over_http_is_downloaded_once_and_converted(http: RangeServer, tmp_p
         },
     )
     cache = tmp_path / "cache"
-    ds = _resolve(samples, cache)["h"]
-    ref = _resolve(local, cache)["h"]
+    ds = resolve(samples, cache)["h"]
+    ref = resolve(local, cache)["h"]
     assert ds.entries == ref.entries == 18000
     assert ds.files[0].source == url
     assert ds.files[0].root_path == ref.files[0].root_path  # same content hash, same tree
     gets = [p for m, p, r in http.log if m == "GET" and p.endswith(".csv")]
-    _resolve(samples, cache)
+    resolve(samples, cache)
     assert [p for m, p, r in http.log if m == "GET" and p.endswith(".csv")] == gets
 
 
@@ -305,8 +256,8 @@ def test_root_url_served_by_xrootd_reads_like_local(
         tmp_path / "l.yaml",
         {"datasets": {"dy": {"files": [str(SAMPLES / "nanoaod" / "nano_dy.root")]}}},
     )
-    remote = _run(_resolve(samples, tmp_path / "cache"), chunksize=40)
-    truth = _run(_resolve(local, tmp_path / "cache"), chunksize=40)
+    remote = run_count(resolve(samples, tmp_path / "cache"), chunksize=40)
+    truth = run_count(resolve(local, tmp_path / "cache"), chunksize=40)
     assert remote.accounting()["dy"]["entries_processed"] == 40
     assert_same_hists(remote.output, truth.output)
     size, tag = file_identity(url)
@@ -316,5 +267,5 @@ def test_root_url_served_by_xrootd_reads_like_local(
         tmp_path / "m.yaml", {"datasets": {"dy": {"files": [f"{base}{data}/none.root"]}}}
     )
     with pytest.raises(Exception, match=r"root://.*none.root: cannot open") as err:
-        _resolve(missing, tmp_path / "cache")
+        resolve(missing, tmp_path / "cache")
     assert "\n" not in str(err.value)
