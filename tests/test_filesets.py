@@ -22,6 +22,7 @@ from hepnn.samples import load_samples
 REPO = Path(__file__).resolve().parents[1]
 NANO = REPO / "samples" / "nanoaod"
 DY, TT = NANO / "nano_dy.root", NANO / "nano_tt_v15.root"
+DIMUON = NANO / "nano_dimuon.root"
 
 
 def _entries(path: Path) -> int:
@@ -42,17 +43,17 @@ def test_fileset_forms_read_like_hepnn_samples(tmp_path: Path, suffix: str) -> N
     fileset = {
         "dy": {"files": {str(DY): "Events"}, "metadata": {"is_mc": True, "xsec": 6077.2}},
         "tt": {"files": [str(TT)], "treename": "Events"},
-        "both": [str(DY), str(TT)],
+        "both": [str(DY), str(DIMUON)],
     }
     specs = load_samples(_dump(tmp_path / "sub" / f"fileset{suffix}", fileset))
     assert list(specs) == ["dy", "tt", "both"]
     assert specs["dy"].files == [str(DY)]
     assert specs["dy"].metadata == {"is_mc": True, "xsec": 6077.2}
-    assert specs["both"].files == [str(DY), str(TT)]
+    assert specs["both"].files == [str(DY), str(DIMUON)]
     assert all(s.tree_of(f) == "Events" for s in specs.values() for f in s.files)
     if suffix == ".json":  # opening the files is the same for both (seconds each on NanoAOD)
         both = hepnn.samples.resolve_dataset("both", specs["both"], tmp_path / "cache")
-        assert [f.entries for f in both.files] == [_entries(DY), _entries(TT)]
+        assert [f.entries for f in both.files] == [_entries(DY), _entries(DIMUON)]
         assert [f.treename for f in both.files] == ["Events", "Events"]
 
 

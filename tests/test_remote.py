@@ -44,36 +44,44 @@ def _write(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def _nano_samples(base: str) -> dict[str, Any]:
+NANO_FILES = {"ttbar_v15": "nano_tt_v15.root", "dy": "nano_dy.root"}
+
+
+def _nano_samples(base: str, names: list[str]) -> dict[str, Any]:
     return {
         "datasets": {
-            "ttbar_v15": {
-                "files": [f"{base}/nanoaod/nano_tt_v15.root"],
-                "metadata": {"is_mc": True},
-            },
-            "dy": {"files": [f"{base}/nanoaod/nano_dy.root"], "metadata": {"is_mc": True}},
+            n: {"files": [f"{base}/nanoaod/{NANO_FILES[n]}"], "metadata": {"is_mc": True}}
+            for n in names
         }
     }
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param(["dy"], id="dy"),
+        # ttbar: 200 events with PF candidates, so the constituent histograms are filled too
+        pytest.param(["ttbar_v15", "dy"], id="ttbar+dy", marks=pytest.mark.slow),
+    ],
+)
 def test_http_samples_yaml_processes_every_event_with_local_hists(
-    http: RangeServer, tmp_path: Path
+    http: RangeServer, tmp_path: Path, names: list[str]
 ) -> None:
     """The acceptance run: fatjets over http:// gives the local run's histograms, bitwise."""
-    local = _write(tmp_path / "local.yaml", _nano_samples(str(SAMPLES)))
-    remote = _write(tmp_path / "remote.yaml", _nano_samples(http.url))
+    local = _write(tmp_path / "local.yaml", _nano_samples(str(SAMPLES), names))
+    remote = _write(tmp_path / "remote.yaml", _nano_samples(http.url, names))
     runs = {}
     for name, samples in (("local", local), ("remote", remote)):
         cfg = load_config(REPO / "configs" / "fatjets.yaml", [*FAST, f"samples={samples}"])
         runs[name] = run_config(cfg, tmp_path / name, progress=False)
-    for ds, fname in (("ttbar_v15", "nano_tt_v15.root"), ("dy", "nano_dy.root")):
-        with uproot.open(SAMPLES / "nanoaod" / fname) as f:
+    for ds in names:
+        with uproot.open(SAMPLES / "nanoaod" / NANO_FILES[ds]) as f:
             n = f["Events"].num_entries
         acc = runs["remote"].manifest["datasets"][ds]
         assert acc["entries_expected"] == acc["entries_processed"] == n
         assert acc["complete"]
     assert_same_hists(runs["local"].hists, runs["remote"].hists)
-    ranges = [r for m, p, r in http.log if p.endswith("nano_tt_v15.root") and r]
+    ranges = [r for m, p, r in http.log if p.endswith(NANO_FILES[names[0]]) and r]
     assert ranges, "the remote file was read with range requests"
     files = runs["remote"].manifest["datasets"]["dy"]["files"]
     assert files == [{"path": f"{http.url}/nanoaod/nano_dy.root",
@@ -269,3 +277,14 @@ def test_root_url_served_by_xrootd_reads_like_local(
     with pytest.raises(Exception, match=r"root://.*none.root: cannot open") as err:
         resolve(missing, tmp_path / "cache")
     assert "\n" not in str(err.value)
+
+
+def test_unreachable_url_is_a_skipped_file_when_skipping(http: RangeServer, tmp_path: Path) -> None:
+    """With ``skip_bad_files`` a URL that cannot be opened is listed, like a local bad file."""
+    url = f"{http.url}/nanoaod/gone.root"
+    samples = _write(tmp_path / "s.yaml", {"datasets": {"dy": {"files": [url]}}})
+    ds = resolve(samples, tmp_path / "cache", skip_bad_files=True)["dy"]
+    assert ds.files == []
+    assert ds.skipped_files == [
+        {"file": url, "entries": None, "reason": f"{url}: cannot open: not found on the server"}
+    ]

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlparse
 from hepnn.errors import InputError
 
 #: URL schemes accepted in samples files and filesets.
-SCHEMES = ("root", "xroot", "http", "https", "file")
+SCHEMES = ("root", "http", "https", "file")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: Bytes per read when a file is downloaded into the cache.
 DOWNLOAD_BLOCK = 1 << 20
@@ -73,7 +73,7 @@ def check_scheme(url: str) -> None:
     if scheme not in SCHEMES:
         msg = f"{url}: unsupported URL scheme {scheme!r} (use {', '.join(s + '://' for s in SCHEMES)})"
         raise InputError(msg)
-    if scheme in ("root", "xroot"):
+    if scheme == "root":
         try:
             import fsspec_xrootd  # noqa: F401
         except ImportError:
