@@ -12,6 +12,9 @@ and whatever the server says about its version (``ETag``, ``Last-Modified``,
 XRootD's ``mtime``), so a file changed on the server gets new keys. A URL is
 never passed to :func:`os.stat`.
 
+Checks and downloads give up after :data:`TIMEOUT` seconds without an answer (aiohttp
+would wait 300 s; the XRootD client forever).
+
 A CSV given by URL (format ``higgs-csv``) is downloaded once into the cache
 (:func:`fetch_to_cache`), checked against the size the server announced, and then
 converted like a local file.
@@ -87,9 +90,21 @@ def check_scheme(url: str) -> None:
             raise InputError(msg) from None
 
 
+#: Seconds before a check or a download of a URL gives up (aiohttp's default is 300).
+TIMEOUT = 60
+
+
 def _filesystem(url: str) -> tuple[Any, str]:
     import fsspec
 
+    scheme = url_scheme(url)
+    if scheme in ("http", "https"):
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT, sock_read=TIMEOUT)
+        return fsspec.core.url_to_fs(url, client_kwargs={"timeout": timeout})
+    if scheme == "root":
+        return fsspec.core.url_to_fs(url, timeout=TIMEOUT)
     return fsspec.core.url_to_fs(url)
 
 
