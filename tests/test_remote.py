@@ -162,9 +162,17 @@ def test_url_identity_follows_the_server(http: RangeServer, tmp_path: Path) -> N
         assert size == (served / "a.root").stat().st_size
         assert "ETag=" in tag
         assert "Last-Modified=" in tag
+        # the training-input digest of a URL: from the server's answer, no download
+        from hepnn.nets.data import source_digest
+        from hepnn.samples import FileEntry
+
+        digest = source_digest(FileEntry(url, url, "Events", 40), "root")
+        assert len(digest) == 64
+        assert all(m == "HEAD" or r for m, _, r in server.log)  # never a whole-file GET
         os.utime(served / "a.root", ns=(0, 10**18))
         remote_info.cache_clear()
         assert file_identity(url)[1] != tag
+        assert source_digest(FileEntry(url, url, "Events", 40), "root") != digest
 
 
 def test_csv_over_http_is_downloaded_once_and_converted(http: RangeServer, tmp_path: Path) -> None:
