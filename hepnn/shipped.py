@@ -2,8 +2,8 @@
 
 In the repository they are the top-level folders ``workflows/``, ``configs/`` and
 ``samples/``. A wheel carries the same three folders as package data under
-``hepnn/data/`` (``[tool.hatch.build.targets.wheel.force-include]`` in
-``pyproject.toml``), with the same layout, so a shipped config's relative
+``hepnn/data/`` (the build hook ``hatch_build.py``; an editable install reads them
+from the checkout), with the same layout, so a shipped config's relative
 ``samples: ../samples/higgs.yaml`` and its workflow (``workflows/`` beside the
 config's folder) resolve the same way in both places. After ``pip install hepnn``
 outside the checkout, ``hepnn list`` shows them, workflows are found by name
