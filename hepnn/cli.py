@@ -61,7 +61,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def _load(config: str, sets: tuple[str, ...], **cli: Any) -> Any:
     from hepnn.config import load_config
+    from hepnn.shipped import find_config
 
+    config = find_config(config)  # a name such as "higgs": the shipped configs/higgs.yaml
     overrides = list(sets)
     mapping = {
         "executor": "executor.name",
@@ -316,6 +318,7 @@ def generate(
 def list_() -> None:
     """List workflows, configs and samples visible from here."""
     from hepnn.models import available
+    from hepnn.shipped import shipped_files
     from hepnn.workflow import list_workflows
 
     click.echo("workflows:")
@@ -323,8 +326,12 @@ def list_() -> None:
         click.echo(f"  {name:<16} {origin}")
     for folder in ("configs", "samples"):
         click.echo(f"{folder}:")
-        for p in sorted(Path(folder).glob("*.yaml")):
+        here = sorted(Path(folder).glob("*.yaml"))
+        for p in here:
             click.echo(f"  {p}")
+        for p in shipped_files(folder):  # shipped with hepnn (hepnn.shipped), if not here
+            if p.resolve() not in {h.resolve() for h in here}:
+                click.echo(f"  {p}")
     click.echo("model architectures:")
     click.echo("  " + ", ".join(available()))
 

@@ -15,8 +15,13 @@
 
 Non-ROOT formats are converted once into a ROOT ``Events`` tree cached by the
 content hash of the input, so coffea's ``Runner`` reads every format the same
-way. :func:`build_fileset` opens every file before the run and counts its
+way. :func:`resolve_samples` opens every file before the run and counts its
 entries: that count is what "every event processed" is checked against.
+
+Files may also be URLs (``root://``, ``http(s)://``, ``file://``;
+:mod:`hepnn.io.remote`), and ``--samples`` also takes a coffea fileset (JSON or
+YAML, :mod:`hepnn.io.fileset`): a file without a top-level ``datasets:`` mapping is
+read as one.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import uproot
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from hepnn.config import format_validation_error, read_yaml
 from hepnn.errors import ConfigError, InputError
+from hepnn.io.remote import check_scheme, file_url_path, is_url
 
 Format = Literal["root", "higgs-csv", "part-npy", "toy-gauss"]
 
@@ -46,6 +52,17 @@ class DatasetSpec(BaseModel):
     generator: dict[str, Any] | None = Field(
         None, description="parameters of a generated sample (format toy-gauss)"
     )
+    #: per-file tree names and known entry counts (from a coffea fileset), by file
+    _trees: dict[str, str] = PrivateAttr(default_factory=dict)
+    _entries: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    def tree_of(self, file: str) -> str:
+        """The tree name of one of :attr:`files` (a fileset may name one per file)."""
+        return self._trees.get(file, self.treename)
+
+    def entries_of(self, file: str) -> int | None:
+        """The entry count a coffea fileset gives for a file (``num_entries``), else None."""
+        return self._entries.get(file)
 
 
 class SamplesSpec(BaseModel):
@@ -56,10 +73,14 @@ class SamplesSpec(BaseModel):
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One ROOT file as coffea will read it, with the file the user named."""
+    """One ROOT file as coffea will read it, with the file the user named.
 
-    source: Path
-    root_path: Path
+    A URL stays a ``str`` (``Path`` would fold ``root://host//path``); local files are
+    :class:`~pathlib.Path`.
+    """
+
+    source: Path | str
+    root_path: Path | str
     treename: str
     entries: int
 
@@ -81,21 +102,88 @@ class Dataset:
         return sum(f.entries for f in self.files)
 
 
+def read_samples_file(path: Path) -> dict[str, Any]:
+    """Parse a samples YAML or a coffea fileset (``.json`` with :mod:`json`, else YAML)."""
+    if path.suffix.lower() != ".json":
+        return read_yaml(path)
+    import json
+
+    if not path.is_file():
+        msg = f"{path}: file not found"
+        raise ConfigError(msg)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        msg = f"{path}: invalid JSON: {err}"
+        raise ConfigError(msg) from None
+    if not isinstance(data, dict):
+        msg = f"{path}: expected a mapping at the top level, got {type(data).__name__}"
+        raise ConfigError(msg)
+    return data
+
+
+def resolve_input_path(f: str, base: Path, where: str) -> str:
+    """A file of a samples file as it will be read: URL kept, local path made absolute.
+
+    ``file://`` URLs become local paths; relative paths are relative to ``base`` (the
+    samples file's folder). A local file must exist; a remote one is checked when it
+    is opened (:func:`resolve_dataset`).
+
+    Raises
+    ------
+    ConfigError
+        A local file that does not exist, an unsupported URL scheme (named).
+    """
+    if is_url(f):
+        try:
+            if f.lower().startswith("file://"):
+                p = file_url_path(f)
+            else:
+                check_scheme(f)
+                return f
+        except InputError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    else:
+        p = Path(f).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not p.exists():
+        msg = f"{where}: file not found: {p}"
+        raise ConfigError(msg)
+    return str(p.resolve())
+
+
 def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
-    """Read and validate a samples YAML; file paths become absolute.
+    """Read and validate a samples YAML or a coffea fileset; local paths become absolute.
+
+    A file whose top level has a ``datasets:`` mapping is hepnn's samples YAML;
+    anything else is read as a coffea fileset (:func:`hepnn.io.fileset.fileset_datasets`).
 
     Raises
     ------
     ConfigError
         Unknown key, wrong type, or a listed file that does not exist (named).
     """
+    from hepnn.io.fileset import fileset_datasets, is_samples_yaml
+
     path = Path(path)
-    data = read_yaml(path)
+    data = read_samples_file(path)
+    base = path.resolve().parent
+    if not is_samples_yaml(data):
+        out: dict[str, DatasetSpec] = {}
+        for name, ds in fileset_datasets(data, str(path)).items():
+            spec = DatasetSpec(format="root", metadata=ds["metadata"])
+            for entry in ds["files"]:
+                f = resolve_input_path(entry["path"], base, f"{path}: {name}.files")
+                spec.files.append(f)
+                spec._trees[f] = entry["tree"]
+                if entry["entries"] is not None:
+                    spec._entries[f] = entry["entries"]
+            out[name] = spec
+        return out
     try:
         spec = SamplesSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(path))) from None
-    base = path.resolve().parent
     for name, ds in spec.datasets.items():
         if ds.format == "toy-gauss":
             if ds.files:
@@ -115,22 +203,18 @@ def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
         if not ds.files:
             msg = f"{path}: datasets.{name}: missing required key 'files'"
             raise ConfigError(msg)
-        resolved = []
-        for f in ds.files:
-            p = Path(f).expanduser()
-            p = p if p.is_absolute() else base / p
-            if not p.exists():
-                msg = f"{path}: datasets.{name}.files: file not found: {p}"
-                raise ConfigError(msg)
-            resolved.append(str(p.resolve()))
-        ds.files = resolved
+        ds.files = [resolve_input_path(f, base, f"{path}: datasets.{name}.files") for f in ds.files]
     return spec.datasets
 
 
-def _count_root(path: Path, treename: str, source: Path) -> int:
+def _count_root(path: Path | str, treename: str, source: Path | str) -> int:
     """Open a ROOT file and count the entries of its tree, with one-line errors."""
+    if is_url(path):
+        from hepnn.io.remote import remote_info
+
+        remote_info(str(path))  # one line naming the URL when it cannot be opened
     try:
-        with uproot.open(path) as f:
+        with uproot.open({str(path): None}, timeout=60) as f:
             if treename not in f:
                 msg = f"{source}: no tree {treename!r} (found: {', '.join(sorted({k.split(';')[0] for k in f.keys(recursive=False)})) or 'nothing'})"
                 raise InputError(msg)
@@ -169,7 +253,7 @@ def resolve_dataset(
         toy = generate_toy(ToyGauss.model_validate(spec.generator or {}), cache_dir)
         files.append(FileEntry(toy.root_path, toy.root_path, toy.treename, toy.n_events))
     for f in spec.files:
-        src = Path(f)
+        src: Path | str = f if is_url(f) else Path(f)
         try:
             files.append(_resolve_file(name, spec, src, cache_dir, progress))
         except InputError as err:
@@ -180,20 +264,37 @@ def resolve_dataset(
 
 
 def _resolve_file(
-    name: str, spec: DatasetSpec, src: Path, cache_dir: Path, progress: bool
+    name: str, spec: DatasetSpec, src: Path | str, cache_dir: Path, progress: bool
 ) -> FileEntry:
     """One file of :func:`resolve_dataset`: converted if needed, entries counted."""
+    root_path: Path | str
     if spec.format == "root":
-        root_path, tree = src, spec.treename
+        root_path, tree = src, spec.tree_of(str(src))
+        known = spec.entries_of(str(src))
+        if known is not None:  # a preprocessed coffea fileset: not counted again here
+            if isinstance(src, str):
+                from hepnn.io.remote import remote_info
+
+                remote_info(src)  # still reachable: one line naming the URL if not
+            return FileEntry(src, root_path, tree, known)
     elif spec.format == "higgs-csv":
         from hepnn.io.higgs_csv import convert_csv
         from hepnn.progress import byte_progress
 
-        with byte_progress(f"converting {src.name}", progress) as callback:
-            conv = convert_csv(src, cache_dir, progress=callback)
+        local = src
+        if isinstance(src, str):  # a URL: downloaded once into the cache, size-checked
+            from hepnn.io.remote import fetch_to_cache
+
+            local = fetch_to_cache(src, cache_dir)
+        with byte_progress(f"converting {Path(local).name}", progress) as callback:
+            conv = convert_csv(local, cache_dir, progress=callback)
         root_path, tree = conv.root_path, conv.treename
     elif spec.format == "part-npy":
         from hepnn.io.part_npy import convert_part_npy
+
+        if isinstance(src, str):
+            msg = f"{src}: format part-npy reads a local folder of .npy files, not a URL"
+            raise InputError(msg)
 
         conv = convert_part_npy(src, cache_dir)
         root_path, tree = conv.root_path, conv.treename

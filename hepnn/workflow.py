@@ -6,7 +6,9 @@ state but its configuration. It is found by name, in order:
 1. ``path/to/file.py:ClassName`` — a file anywhere;
 2. an installed entry point in the group ``hepnn.workflows``;
 3. ``<name>.py`` in the workflow folders: ``$HEPNN_WORKFLOWS`` (``:``-separated),
-   the ``workflows/`` folder beside the config's folder, and ``./workflows``.
+   the ``workflows/`` folder beside the config's folder, ``./workflows``, and the
+   workflows shipped with hepnn (:mod:`hepnn.shipped`: package data of a wheel, or the
+   checkout's ``workflows/``).
 
 A file is imported under a stable module name and registered with cloudpickle
 *by value*, so processes of the futures and dask executors receive the class
@@ -32,6 +34,7 @@ from coffea.nanoevents import BaseSchema
 
 from hepnn.errors import ConfigError
 from hepnn.files import sha256_bytes, sha256_file
+from hepnn.shipped import shipped_dir
 
 ENTRY_POINT_GROUP = "hepnn.workflows"
 
@@ -162,6 +165,9 @@ def search_paths(config_dir: Path | None = None) -> list[Path]:
     if config_dir is not None:
         paths.append(config_dir.parent / "workflows")
     paths.append(Path.cwd() / "workflows")
+    shipped = shipped_dir()
+    if shipped is not None:
+        paths.append(shipped / "workflows")
     unique: list[Path] = []
     for p in paths:
         rp = p.resolve()

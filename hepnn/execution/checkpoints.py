@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hepnn.files import atomic_bytes, atomic_write, sha256_bytes, sha256_file, sha256_json
+from hepnn.io.remote import file_identity
 
 CHECKPOINT_DIR = ".checkpoints"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -143,7 +144,7 @@ class ChunkCheckpoints:
         self.resume = resume
         self.reused = 0
         self.saved = 0
-        self._stat: dict[str, tuple[int, int]] = {}
+        self._stat: dict[str, tuple[int, int | str]] = {}
         if not resume:
             shutil.rmtree(self.root, ignore_errors=True)
         elif self.root.is_dir():
@@ -157,10 +158,9 @@ class ChunkCheckpoints:
         blob = json.dumps(dict(fingerprint), indent=2, sort_keys=True).encode()
         atomic_bytes(self.folder / FINGERPRINT_FILE, blob + b"\n")
 
-    def _file_id(self, filename: str) -> tuple[int, int]:
-        if filename not in self._stat:
-            st = Path(filename).stat()
-            self._stat[filename] = (st.st_size, st.st_mtime_ns)
+    def _file_id(self, filename: str) -> tuple[int, int | str]:
+        if filename not in self._stat:  # a URL: size and the server's ETag / Last-Modified
+            self._stat[filename] = file_identity(filename)
         return self._stat[filename]
 
     def chunk_key(self, dataset: str, filename: str, treename: str, start: int, stop: int) -> str:

@@ -179,10 +179,30 @@ def _exception_chain(err: BaseException) -> list[BaseException]:
     return chain
 
 
+#: Exceptions from these modules are reading errors (a retry may succeed): decompression,
+#: and the remote sources (aiohttp for http(s)://, fsspec, XRootD for root://).
+_READ_MODULES = (
+    "uproot", "zlib", "lz4", "zstandard", "aiohttp", "fsspec", "fsspec_xrootd", "XRootD",
+)  # fmt: skip
+
+
+#: Code in these folders reads bytes: any exception raised there is a reading error (uproot's
+#: fsspec source turns a failed http range request into a TypeError on the error object).
+_READ_CODE = ("/uproot/source/", "/fsspec/", "/fsspec_xrootd/", "/aiohttp/")
+
+
+def _raised_in_reading_code(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename.replace("\\", "/") if tb is not None else ""
+    return any(part in filename for part in _READ_CODE)
+
+
 def _is_read_error(err: BaseException) -> bool:
     for e in _exception_chain(err):
         mod = type(e).__module__
-        if isinstance(e, OSError) or mod.startswith(("uproot", "zlib", "lz4", "zstandard")):
+        if isinstance(e, OSError) or mod.startswith(_READ_MODULES) or _raised_in_reading_code(e):
             return True
         if "in file" in str(e) or "decompress" in str(e).lower() or "compression" in str(e):
             return True

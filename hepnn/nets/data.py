@@ -25,6 +25,7 @@ import uproot
 
 from hepnn.errors import ConfigError, InputError
 from hepnn.files import sha256_bytes, sha256_file
+from hepnn.io.remote import is_url, url_digest
 from hepnn.jets.batch import JetBatch, concat_batches, fatjet_batch, jet_labels
 from hepnn.jets.nanoaod import LAYOUTS
 from hepnn.nets.inputs import InputBuilder, make_builder
@@ -45,6 +46,8 @@ def source_digest(entry: FileEntry, fmt: str) -> str:
         from hepnn.io.part_npy import find_files
 
         paths = tuple(str(f) for f in find_files(entry.source)[1].values())
+    elif is_url(entry.source):  # a URL is identified by what its server says, never read
+        return url_digest(str(entry.source))
     else:
         paths = (str(entry.source),)
     stats = tuple((p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths)
