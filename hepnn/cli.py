@@ -214,23 +214,11 @@ def rank(
 )
 @_handle_errors
 def plot(outdir: str, formats: tuple[str, ...]) -> None:
-    """Re-draw the plots of OUTDIR from its hists.pkl, without reprocessing."""
-    from hepnn.errors import InputError
-    from hepnn.outputs import load_hists
-    from hepnn.plotting import plot_hists
+    """Re-draw every plot of OUTDIR (histograms, bands, ROC, training, rankings) from its files."""
+    from hepnn.replot import redraw
 
-    path = Path(outdir) / "hists.pkl"
-    if not path.is_file():
-        msg = f"{path}: not found (is {outdir} the output folder of a hepnn run?)"
-        raise InputError(msg)
-    from hepnn.bands import band_outputs
-
-    hists = load_hists(path)
-    fmts = list(formats or ("png", "pdf"))
-    written = plot_hists(hists, Path(outdir) / "plots", fmts)
-    # bands are drawn from the replica histograms (summaries recomputed, not saved here)
-    written += band_outputs(hists, Path(outdir) / "plots", plots=True, formats=fmts)[1]
-    console.print(f"wrote {len(written)} plots to {Path(outdir) / 'plots'}")
+    written = redraw(Path(outdir), list(formats or ("png", "pdf")))
+    console.print(f"wrote {len(written)} plots to {outdir} (plots/, ranking/)")
 
 
 @main.command()
