@@ -114,9 +114,11 @@ def save_figure(fig: Figure, path_stem: Path, formats: Iterable[str]) -> list[Pa
 def experiment_label(ax: Any, settings: PlotSettings, *, data: bool, title: str = "") -> None:
     """The experiment label over ``ax``: mplhep's CMS/ATLAS label, or ``hepnn``.
 
-    Right-hand text: luminosity (fb⁻¹) and √s when configured, else ``title``.
+    Right-hand text: luminosity (fb⁻¹) and √s when configured, else ``title``. Without
+    ``data`` mplhep puts "Simulation" before ``settings.label`` (unless it says so already).
     """
     rlabel = settings.rlabel or title
+    data = data or "simulation" in settings.label.lower()
     offset = ax.yaxis.get_offset_text()  # "1e7": left of the frame, clear of the label
     offset.set_horizontalalignment("right")
     offset.set_x(-0.02)
