@@ -95,7 +95,9 @@ def test_integral_is_xsec_lumi_selected_over_total(norm_run: Path, name: str) ->
         expected = XSEC[name] * LUMI * selected / total
         assert got.value == pytest.approx(expected, rel=1e-12, abs=1e-300)
         # hists.pkl keeps the raw Σ genWeight
-        assert raw[hname][{"dataset": name}].sum(flow=True).value == pytest.approx(selected, rel=1e-12)
+        assert raw[hname][{"dataset": name}].sum(flow=True).value == pytest.approx(
+            selected, rel=1e-12
+        )
         # variances scale with the square of the scale
         scale = XSEC[name] * LUMI / total
         raw_var = raw[hname][{"dataset": name}].sum(flow=True).variance
@@ -116,7 +118,8 @@ def test_data_is_not_scaled_and_sources_are_recorded(norm_run: Path) -> None:
     ds = record["datasets"]
     assert ds["ttbar"]["sumw_source"] == "sum of genWeight over all events"
     assert ds["dy"]["sumw_source"] == "Runs.genEventSumw"
-    assert ds["data"]["is_data"] and ds["data"]["scale"] == 1.0
+    assert ds["data"]["is_data"]
+    assert ds["data"]["scale"] == 1.0
     for name in ("ttbar", "dy"):
         assert ds[name]["sumw"] == pytest.approx(_total_sumw(name), rel=1e-12)
         assert ds[name]["scale"] == pytest.approx(XSEC[name] * LUMI / _total_sumw(name), rel=1e-12)
@@ -126,8 +129,8 @@ def test_data_is_not_scaled_and_sources_are_recorded(norm_run: Path) -> None:
 
 def test_stacked_plots_with_data_and_ratio(norm_run: Path) -> None:
     """The run drew stacks; the figure has a ratio panel, the stack, data and the CMS label."""
-    from hepnn.plotting import PlotSettings, stack_figure
     from hepnn.plotstyle import plot_style
+    from hepnn.plotting import PlotSettings, stack_figure
 
     assert (norm_run / "plots" / "njet.png").stat().st_size > 10_000
     assert (norm_run / "plots" / "fatjet_pt.png").is_file()
@@ -191,7 +194,9 @@ def test_sumw_from_the_weight_branch_of_a_converted_csv(higgs_converted, higgs_c
         normalisation({"higgs": _dataset("higgs", {"xsec": 2.0, "sumw": "runs"}, path,
                                          higgs_converted.treename)}, 1000.0)  # fmt: skip
     with pytest.raises(ConfigError, match="no sum of generator weights"):
-        normalisation({"higgs": _dataset("higgs", {"xsec": 2.0}, path, higgs_converted.treename)}, 1.0)
+        normalisation(
+            {"higgs": _dataset("higgs", {"xsec": 2.0}, path, higgs_converted.treename)}, 1.0
+        )
 
 
 def test_sumw_precedence_metadata_runs_workflow() -> None:
@@ -265,5 +270,7 @@ def test_normalise_hists_without_dataset_axis_and_double_storage() -> None:
     s = 2.0 * 3.0 / gw.sum()
     assert skipped == ["cutflow"]
     np.testing.assert_allclose(out["pt"].values(flow=True), h.values(flow=True) * s, rtol=1e-15)
-    np.testing.assert_allclose(out["pt"].variances(flow=True), h.values(flow=True) * s * s, rtol=1e-15)
+    np.testing.assert_allclose(
+        out["pt"].variances(flow=True), h.values(flow=True) * s * s, rtol=1e-15
+    )
     assert h.sum() == len(ak.flatten(fat_pt))  # the input is untouched

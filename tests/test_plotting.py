@@ -19,8 +19,8 @@ import pytest
 import uproot
 
 from hepnn.outputs import tlatex, write_pickle, write_root
-from hepnn.plotting import PlotSettings, plot_hists, plot_overlay
 from hepnn.plotstyle import active_experiment, plot_style
+from hepnn.plotting import PlotSettings, plot_hists, plot_overlay
 
 REPO = Path(__file__).resolve().parents[1]
 JET_BINS = ["0 jets", "1 jet", "2+ jets"]
@@ -63,7 +63,9 @@ def test_one_plot_per_category_and_the_sum(mvis: hist.Hist, tmp_path: Path) -> N
     # no global matplotlib state touched
     assert _rc_snapshot() == before
     assert mpl.get_backend() == backend
-    off = plot_hists({"mvis": mvis}, tmp_path / "off", ["png"], settings=PlotSettings(categories=False))
+    off = plot_hists(
+        {"mvis": mvis}, tmp_path / "off", ["png"], settings=PlotSettings(categories=False)
+    )
     assert [p.name for p in off] == ["mvis.png"]
 
 
@@ -141,7 +143,9 @@ def test_tlatex(label: str, root: str) -> None:
     assert tlatex(label) == root
 
 
-def test_hists_root_has_tlatex_titles_and_pickle_keeps_mathtext(mvis: hist.Hist, tmp_path: Path) -> None:
+def test_hists_root_has_tlatex_titles_and_pickle_keeps_mathtext(
+    mvis: hist.Hist, tmp_path: Path
+) -> None:
     write_pickle(tmp_path / "h.pkl", {"mvis": mvis})
     write_root(tmp_path / "h.root", {"mvis": mvis})
     with uproot.open(tmp_path / "h.root") as f:
@@ -154,7 +158,9 @@ def test_hists_root_has_tlatex_titles_and_pickle_keeps_mathtext(mvis: hist.Hist,
         assert pickle.load(fh)["mvis"].axes["x"].label == r"$m_{vis}(\tau, \ell)$ [GeV]"
 
 
-def test_redraw_roc_and_ranking(higgs: dict[str, np.ndarray], mvis: hist.Hist, tmp_path: Path) -> None:
+def test_redraw_roc_and_ranking(
+    higgs: dict[str, np.ndarray], mvis: hist.Hist, tmp_path: Path
+) -> None:
     """``hepnn plot`` redraws ROC curves from ``roc_networks`` and rankings from their CSV."""
     import json
 
