@@ -442,13 +442,17 @@ def plot_hists(
         for name, raw in hists.items():
             if not plottable(raw):
                 continue
-            stacked = bool(settings.roles) and name in normalised and _meta(raw).get("plot") is None
+            n_num = sum(not _is_cat(ax) for ax in raw.axes)
+            # 2D maps stay raw sums: a map of data plus scaled simulation means nothing
+            stacked = (
+                bool(settings.roles) and name in normalised and n_num == 1
+                and _meta(raw).get("plot") is None
+            )  # fmt: skip
             h = normalised[name] if stacked else raw
             title = (h.label or name) if isinstance(h.label, str) and h.label else name
             stem = plot_dir / name.replace("/", "__")
             fig = _figure(name, h, title, settings, stacked)
             written += save_figure(fig, stem, formats)
-            n_num = sum(not _is_cat(ax) for ax in h.axes)
             if not settings.categories or n_num != 1 or _meta(h).get("plot") is not None:
                 continue
             keep = {"dataset", "process"} if stacked else {_overlay_axis(h)}
