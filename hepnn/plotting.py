@@ -275,6 +275,8 @@ def _by_process(parts: Mapping[str, hist.Hist]) -> dict[str, hist.Hist]:
 def stack_figure(h: hist.Hist, title: str, settings: PlotSettings) -> Figure:
     """Stacked simulation with its stat. band, data points and a data/simulation ratio."""
     comps, data = stack_components(h, settings.roles)
+    # one colour per process in the histogram's own order, the same in every plot
+    colours = {p: f"C{i}" for i, p in enumerate(comps)}
     comps = {p: c for p, c in comps.items() if c.values().sum() != 0} or comps
     # smallest contribution at the bottom of the stack, largest on top
     order = sorted(comps, key=lambda p: comps[p].values().sum())
@@ -290,7 +292,7 @@ def stack_figure(h: hist.Hist, title: str, settings: PlotSettings) -> Figure:
     if order:
         mplhep.histplot(
             [comps[p].values() for p in order], edges, stack=True, histtype="fill",
-            label=order, color=[f"C{i}" for i in range(len(order))], ax=ax,
+            label=order, color=[colours[p] for p in order], ax=ax,
         )  # fmt: skip
         err = np.sqrt(total_var)
         ax.stairs(
@@ -457,6 +459,8 @@ def plot_hists(
                 continue
             keep = {"dataset", "process"} if stacked else {_overlay_axis(h)}
             for suffix, caption, sub in category_views(h, keep):
+                if not np.any(sub.values()):  # e.g. m_jj in the 0-jet bin
+                    continue
                 fig = _figure(name, sub, f"{title} ({caption})", settings, stacked)
                 written += save_figure(fig, plot_dir / f"{stem.name}__{suffix}", formats)
     return written
