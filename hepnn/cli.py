@@ -238,11 +238,13 @@ def inspect(path: str) -> None:
 def validate(config: str, sets: tuple[str, ...]) -> None:
     """Check CONFIG, its samples and its workflow without processing anything."""
     from hepnn.config import config_hash, config_source
+    from hepnn.normalisation import check_metadata
     from hepnn.samples import load_samples
     from hepnn.workflow import find_workflow
 
     cfg = _load(config, sets)
     specs = load_samples(cfg.samples)
+    check_metadata({n: s.metadata for n, s in specs.items()}, cfg.lumi, str(cfg.samples))
     src = config_source(cfg)
     found = find_workflow(cfg.workflow, src.parent if src else None)
     click.echo(

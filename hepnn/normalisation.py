@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DatasetRole",
     "Normalisation",
+    "check_metadata",
     "dataset_role",
     "normalisation",
     "normalisation_record",
@@ -132,6 +133,29 @@ def dataset_role(name: str, metadata: Mapping[str, Any], source: str = "samples"
         msg = f"{where}.weight_branch: expected a branch name (got {branch!r})"
         raise ConfigError(msg)
     return DatasetRole(is_data, process, None if xsec is None else float(xsec))
+
+
+def check_metadata(
+    metadata: Mapping[str, Mapping[str, Any]], lumi: float | None, source: str = "samples"
+) -> dict[str, DatasetRole]:
+    """Validate every dataset's normalisation keys before processing (``hepnn run``/``validate``).
+
+    Raises
+    ------
+    ConfigError
+        Bad metadata (:func:`dataset_role`), or ``lumi`` set and a simulated dataset
+        without ``xsec``.
+    """
+    out = {}
+    for name, meta in metadata.items():
+        role = out[name] = dataset_role(name, meta, source)
+        if lumi is not None and not role.is_data and role.xsec is None:
+            msg = (
+                f"{source}: datasets.{name}.metadata: missing 'xsec' (pb): lumi is set, "
+                "so every simulated dataset needs one"
+            )
+            raise ConfigError(msg)
+    return out
 
 
 def sum_weights_runs(dataset: Dataset) -> float | None:

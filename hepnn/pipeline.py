@@ -47,9 +47,12 @@ def default_outdir(cfg: Config) -> Path:
 
 def prepare(cfg: Config, *, progress: bool = True) -> tuple[dict[str, Dataset], FoundWorkflow]:
     """Resolve samples and find the workflow (everything before processing)."""
+    from hepnn.normalisation import check_metadata
+
+    specs = load_samples(cfg.samples)
+    check_metadata({n: s.metadata for n, s in specs.items()}, cfg.lumi, str(cfg.samples))
     datasets = resolve_samples(
-        load_samples(cfg.samples), cache_dir(), progress=progress,
-        skip_bad_files=cfg.executor.skip_bad_files,
+        specs, cache_dir(), progress=progress, skip_bad_files=cfg.executor.skip_bad_files,
     )  # fmt: skip
     src = config_source(cfg)
     return datasets, find_workflow(cfg.workflow, src.parent if src else None)

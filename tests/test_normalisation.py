@@ -274,3 +274,31 @@ def test_normalise_hists_without_dataset_axis_and_double_storage() -> None:
         out["pt"].variances(flow=True), h.values(flow=True) * s * s, rtol=1e-15
     )
     assert h.sum() == len(ak.flatten(fat_pt))  # the input is untouched
+
+
+def test_missing_xsec_fails_before_processing(tmp_path: Path) -> None:
+    """``hepnn validate`` and ``hepnn run`` refuse a simulated dataset without xsec when lumi is set."""
+    from click.testing import CliRunner
+
+    from hepnn.cli import main
+
+    samples = tmp_path / "s.yaml"
+    samples.write_text(
+        f"datasets:\n  ttbar: {{files: [{NANO / FILES['ttbar']}], metadata: {{process: ttbar}}}}\n"
+    )
+    args = [
+        str(REPO / "configs" / "fatjets.yaml"),
+        "--set",
+        f"samples={samples}",
+        "--set",
+        "lumi=1000",
+    ]
+    result = CliRunner().invoke(main, ["validate", *args])
+    assert result.exit_code == 2
+    assert f"{samples}: datasets.ttbar.metadata: missing 'xsec' (pb)" in result.output
+    result = CliRunner().invoke(main, ["run", *args, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "missing 'xsec'" in result.output
+    assert not (tmp_path / "out" / "hists.pkl").exists()  # nothing was processed
+    ok = CliRunner().invoke(main, ["validate", args[0], "--set", f"samples={samples}"])
+    assert ok.exit_code == 0, ok.output  # without lumi, no cross-section is needed
