@@ -216,23 +216,11 @@ def rank(
 )
 @_handle_errors
 def plot(outdir: str, formats: tuple[str, ...]) -> None:
-    """Re-draw the plots of OUTDIR from its hists.pkl, without reprocessing."""
-    from hepnn.errors import InputError
-    from hepnn.outputs import load_hists
-    from hepnn.plotting import plot_hists
+    """Re-draw every plot of OUTDIR (histograms, bands, ROC, training, rankings) from its files."""
+    from hepnn.replot import redraw
 
-    path = Path(outdir) / "hists.pkl"
-    if not path.is_file():
-        msg = f"{path}: not found (is {outdir} the output folder of a hepnn run?)"
-        raise InputError(msg)
-    from hepnn.bands import band_outputs
-
-    hists = load_hists(path)
-    fmts = list(formats or ("png", "pdf"))
-    written = plot_hists(hists, Path(outdir) / "plots", fmts)
-    # bands are drawn from the replica histograms (summaries recomputed, not saved here)
-    written += band_outputs(hists, Path(outdir) / "plots", plots=True, formats=fmts)[1]
-    console.print(f"wrote {len(written)} plots to {Path(outdir) / 'plots'}")
+    written = redraw(Path(outdir), list(formats or ("png", "pdf")))
+    console.print(f"wrote {len(written)} plots to {outdir} (plots/, ranking/)")
 
 
 @main.command()
@@ -252,11 +240,13 @@ def inspect(path: str) -> None:
 def validate(config: str, sets: tuple[str, ...]) -> None:
     """Check CONFIG, its samples and its workflow without processing anything."""
     from hepnn.config import config_hash, config_source
+    from hepnn.normalisation import check_metadata
     from hepnn.samples import load_samples
     from hepnn.workflow import find_workflow
 
     cfg = _load(config, sets)
     specs = load_samples(cfg.samples)
+    check_metadata({n: s.metadata for n, s in specs.items()}, cfg.lumi, str(cfg.samples))
     src = config_source(cfg)
     found = find_workflow(cfg.workflow, src.parent if src else None)
     click.echo(

@@ -63,6 +63,22 @@ class OutputConfig(_Strict):
     hists_root: bool = True
 
 
+class PlotConfig(_Strict):
+    """How the histograms are drawn (hepnn.plotting); ``outputs.plots`` turns plots on/off.
+
+    ``experiment`` picks the mplhep style and label (``cms``, ``atlas``; none: mplhep's
+    ROOT style and a plain ``hepnn`` label); ``label`` is the text after the experiment
+    name (e.g. ``Simulation``, ``Preliminary``, ``Open Data``).
+    """
+
+    experiment: Literal["cms", "atlas"] | None = None
+    label: str = Field("", max_length=80, description="text after the experiment name")
+    log: bool = Field(False, strict=True, description="logarithmic y axis of the 1D histograms")
+    categories: bool = Field(
+        True, strict=True, description="one plot per bin of each extra categorical axis besides the sum"
+    )
+
+
 class MCDropoutConfig(_Strict):
     """MC dropout: ``samples`` thinned networks with masks drawn from ``seed``."""
 
@@ -139,6 +155,14 @@ class Config(_Strict):
         None, description="k-fold evaluation of the networks (off unless configured)"
     )
     uncertainty: UncertaintyConfig = UncertaintyConfig()
+    lumi: float | None = Field(
+        None, gt=0, allow_inf_nan=False, strict=True,
+        description="integrated luminosity in pb^-1: simulation is scaled by xsec x lumi / sum(w)",
+    )  # fmt: skip
+    sqrt_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, strict=True, description="centre-of-mass energy in TeV"
+    )
+    plots: PlotConfig = PlotConfig()
     _source: Path | None = PrivateAttr(default=None)
 
     @field_validator("workflow")

@@ -11,6 +11,7 @@ loadable with ``pickle`` and ``hist`` alone. Unpickle only files you trust.
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -79,14 +80,58 @@ def _split_categories(parts: list[str], h: hist.Hist) -> Iterator[tuple[str, his
         yield from _split_categories([*parts, _clean(str(value))], h[{ax.name: hist.loc(value)}])
 
 
+#: LaTeX commands with another name in ROOT's TLatex (the rest keep theirs: ``\\eta`` -> ``#eta``).
+_TLATEX_NAMES = {
+    "langle": "LT", "rangle": "GT", "to": "rightarrow", "cdot": "upoint", "le": "leq",
+    "ge": "geq", "ne": "neq", "lvert": "|", "rvert": "|", "vert": "|",
+}  # fmt: skip
+_TEXT_COMMANDS = re.compile(r"\\(?:mathrm|text|textrm|rm|mathit|mathbf|operatorname)\{([^{}]*)\}")
+_SPACES = re.compile(r"\\[,;:! ]|\\quad|\\qquad")
+_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?=[()\[\]|.])")
+_COMMAND = re.compile(r"\\([A-Za-z]+)")
+_SCRIPT = re.compile(r"([_^])(\\[A-Za-z]+|[^{\\\s])")
+
+
+def tlatex(label: str) -> str:
+    """A matplotlib label (``$...$`` mathtext) in ROOT's TLatex: ``r"$\\Delta R$"`` -> ``#Delta R``.
+
+    Inside ``$...$``: ``\\name`` becomes ``#name`` (``\\langle`` -> ``#LT``, ``\\to`` ->
+    ``#rightarrow``...), ``\\mathrm{X}``/``\\text{X}`` become ``X`` (TLatex is upright),
+    spacing commands and ``\\left``/``\\right`` are dropped, single-character
+    scripts get braces (``p_T`` -> ``p_{T}``). Text outside ``$...$`` is kept.
+    """
+
+    def math(m: re.Match[str]) -> str:
+        t = _TEXT_COMMANDS.sub(r"\1", m.group(1))
+        t = _LEFT_RIGHT.sub("", _SPACES.sub(" ", t))
+        t = _SCRIPT.sub(r"\1{\2}", t)
+        t = _COMMAND.sub(lambda c: "#" + _TLATEX_NAMES.get(c.group(1), c.group(1)), t)
+        return t.replace("#|", "|")
+
+    return re.sub(r"\$([^$]*)\$", math, label)
+
+
+def _root_ready(h: hist.Hist) -> hist.Hist:
+    """A copy of ``h`` with TLatex title and axis titles (``h`` itself is not changed)."""
+    if not any("$" in (ax.label or "") for ax in h.axes) and "$" not in str(h.label or ""):
+        return h
+    out = h.copy()
+    for ax in out.axes:
+        ax.label = tlatex(ax.label or ax.name)
+    if isinstance(out.label, str):
+        out.label = tlatex(out.label)
+    return out
+
+
 def write_root(
     path: Path, hists: dict[str, hist.Hist], extra: dict[str, hist.Hist] | None = None
 ) -> list[str]:
     """Write the 1D/2D histograms (and ``extra`` ones, by name) to a ROOT file with uproot.
 
-    Returns the names written.
+    Titles and axis titles are written in ROOT's TLatex (:func:`tlatex`). Returns the
+    names written.
     """
-    objs = {**root_objects(hists), **(extra or {})}
+    objs = {n: _root_ready(h) for n, h in {**root_objects(hists), **(extra or {})}.items()}
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for name, h in objs.items():
             f[name] = h

@@ -47,9 +47,12 @@ def default_outdir(cfg: Config) -> Path:
 
 def prepare(cfg: Config, *, progress: bool = True) -> tuple[dict[str, Dataset], FoundWorkflow]:
     """Resolve samples and find the workflow (everything before processing)."""
+    from hepnn.normalisation import check_metadata
+
+    specs = load_samples(cfg.samples)
+    check_metadata({n: s.metadata for n, s in specs.items()}, cfg.lumi, str(cfg.samples))
     datasets = resolve_samples(
-        load_samples(cfg.samples), cache_dir(), progress=progress,
-        skip_bad_files=cfg.executor.skip_bad_files,
+        specs, cache_dir(), progress=progress, skip_bad_files=cfg.executor.skip_bad_files,
     )  # fmt: skip
     src = config_source(cfg)
     return datasets, find_workflow(cfg.workflow, src.parent if src else None)
@@ -78,6 +81,9 @@ class Run:
     columns: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     root_extra: dict[str, Any] = field(default_factory=dict)
+    #: ``lumi`` runs: the scaled histograms and ``normalisation.json`` (:mod:`hepnn.normalisation`)
+    normalised: dict[str, Any] = field(default_factory=dict)
+    normalisation: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     #: Wall seconds of every stage run so far, by stage name.
@@ -184,6 +190,25 @@ def write_columns(run: Run) -> None:
         run.files.append(path)
 
 
+def normalise(run: Run) -> None:
+    """``lumi`` set: simulation scaled by xsec × lumi / Σw into ``hists_normalised.pkl``."""
+    if run.cfg.lumi is None:
+        return
+    from hepnn.normalisation import normalisation, normalisation_record, normalise_hists
+    from hepnn.outputs import write_pickle
+
+    sumw = run.hists.get("sumw")
+    scales = normalisation(
+        run.datasets, run.cfg.lumi, workflow_sumw=sumw if isinstance(sumw, dict) else None,
+        source=str(run.cfg.samples),
+    )  # fmt: skip
+    run.normalised, skipped = normalise_hists(run.hists, scales)
+    run.normalisation = normalisation_record(scales, run.cfg.lumi, run.cfg.sqrt_s, skipped)
+    write_pickle(run.outdir / "hists_normalised.pkl", run.normalised)
+    write_json(run.outdir / "normalisation.json", run.normalisation)
+    run.files += [run.outdir / "hists_normalised.pkl", run.outdir / "normalisation.json"]
+
+
 def evaluate_networks(run: Run) -> None:
     """Held-out metrics of every network beside its baselines, ROC curves, average images."""
     from hepnn.nets.report import network_report
@@ -235,11 +260,15 @@ def write_results(run: Run) -> None:
 
 
 def draw_plots(run: Run) -> None:
-    """The histograms' plots (``plots/``)."""
+    """The histograms' plots (``plots/``): stacked and normalised with ``lumi``, else shapes."""
     if run.formats:
-        from hepnn.plotting import plot_hists
+        from hepnn.plotting import PlotSettings, plot_hists
 
-        run.files += plot_hists(run.hists, run.outdir / "plots", list(run.formats))
+        settings = PlotSettings.from_resolved(resolved_dict(run.cfg), run.normalisation)
+        run.files += plot_hists(
+            run.hists, run.outdir / "plots", list(run.formats), settings=settings,
+            normalised=run.normalised,
+        )  # fmt: skip
 
 
 def finish(run: Run) -> None:
@@ -292,6 +321,7 @@ STAGES: tuple[Callable[[Run], None], ...] = (
     rank_networks,
     process_events,
     write_columns,
+    normalise,
     evaluate_networks,
     cross_validate,
     summarise_bands,
@@ -336,10 +366,13 @@ def run_config(
         cfg, Path(outdir) if outdir is not None else default_outdir(cfg), test=test,
         progress=progress, console=console, resume=resume, models_dir=models_dir,
     )  # fmt: skip
-    for stage in STAGES:
-        start = time.perf_counter()
-        stage(run)
-        run.seconds[stage.__name__] = round(time.perf_counter() - start, 3)
+    from hepnn.plotstyle import plot_style
+
+    with plot_style(cfg.plots.experiment):  # one matplotlib style for every plot of the run
+        for stage in STAGES:
+            start = time.perf_counter()
+            stage(run)
+            run.seconds[stage.__name__] = round(time.perf_counter() - start, 3)
     return run
 
 

@@ -142,12 +142,17 @@ def test_fatjets_processes_every_file(tmp_path: Path) -> None:
         assert acc["entries_expected"] == n
         assert acc["entries_processed"] == n
     hists = run.hists
-    # independent count of FatJets with uproot (these two files have only genWeight > 0)
+    # independent Σ genWeight over FatJets with uproot (simulation is weighted by genWeight)
     for name, fname in (("ttbar_v15", "nano_tt_v15.root"), ("qcd_pfnano", "pfnano.root")):
         with uproot.open(REPO / "samples" / "nanoaod" / fname) as f:
-            n_fat = int(f["Events"]["nFatJet"].array(library="np").sum())
-        assert hists["fatjet_npfcand"][{"dataset": name}].sum(flow=True).value == n_fat
-        assert hists["fatjet_pt"][{"dataset": name}].sum(flow=True).value == n_fat
+            ev = f["Events"].arrays(["nFatJet", "genWeight"], library="np")
+        sumw_fat = float((ev["nFatJet"] * ev["genWeight"].astype(np.float64)).sum())
+        for hname in ("fatjet_npfcand", "fatjet_pt"):
+            got = hists[hname][{"dataset": name}].sum(flow=True)
+            assert got.value == pytest.approx(sumw_fat, rel=1e-12)
+            assert got.variance == pytest.approx(
+                float((ev["nFatJet"] * ev["genWeight"].astype(np.float64) ** 2).sum()), rel=1e-12
+            )
     # data: weight 1 per event
     assert hists["njet"][{"dataset": "dimuon_2018"}].sum(flow=True).value == 40
     # without --models: kinematics only, FatJets counted by constituent status

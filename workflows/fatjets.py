@@ -5,7 +5,8 @@ Works on standard NanoAOD (FatJet, Jet), on NanoAOD v15 with the ``PFCand`` +
 Constituents are linked by :func:`hepnn.jets.nanoaod.fatjet_constituents` (both
 indices validated: one out of range is an error naming the branch and entry);
 their number per FatJet is compared to ``FatJet_nConstituents`` where the file
-has it. MC events are weighted by the sign of ``genWeight``; data events by 1.
+has it. MC events are weighted by ``genWeight`` (so that xsec × lumi / Σ genWeight,
+:mod:`hepnn.normalisation`, normalises them); events without it (data) by 1.
 
 With taggers (``hepnn run configs/fatjets.yaml --models OUT/models``, e.g. the
 ``models`` folder of a ``configs/toptag.yaml`` run), every FatJet above
@@ -80,8 +81,11 @@ class FatJets(Workflow):
     def process(self, events: Any) -> dict[str, Any]:
         dataset = events.metadata["dataset"]
         n = len(events)
+        # genWeight itself (not its sign): normalised by xsec x lumi / sum(genWeight) (hepnn.normalisation)
         weight = (
-            np.sign(ak.to_numpy(events.genWeight)) if "genWeight" in events.fields else np.ones(n)
+            ak.to_numpy(events.genWeight).astype(np.float64)
+            if "genWeight" in events.fields
+            else np.ones(n)
         )
         ptmin = float(self.options.get("fatjet_pt_min", 170.0))
 

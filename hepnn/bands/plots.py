@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hepnn.files import atomic_path
+from hepnn.plotstyle import plot_style
 
 __all__ = [
     "FORMATS",
@@ -176,12 +177,14 @@ def plot_band(
     formats: Iterable[str] = FORMATS,
 ) -> list[Path]:
     """Draw :func:`band_figure` and write it in ``formats``; returns the written paths."""
-    fig = band_figure(nominal, summaries, ylabel=ylabel, ratio_ylim=ratio_ylim)
-    return save(fig, path, formats)
+    with plot_style():
+        fig = band_figure(nominal, summaries, ylabel=ylabel, ratio_ylim=ratio_ylim)
+        return save(fig, path, formats)
 
 
 def plot_std_vs_score(
     h2d: hist.Hist, path: str | Path, *, formats: Iterable[str] = FORMATS
 ) -> list[Path]:
     """Draw :func:`std_vs_score_figure` and write it in ``formats``; returns the written paths."""
-    return save(std_vs_score_figure(h2d), path, formats)
+    with plot_style():
+        return save(std_vs_score_figure(h2d), path, formats)

@@ -62,9 +62,6 @@ def find_model(name: str, models_dir: Path, spec: NetworkSpec) -> Path:
 
 def plot_history(history: list[dict[str, float]], stem: Path, formats: tuple[str, ...]) -> list[Path]:
     """Loss (train, validation) and validation AUC per epoch, one line per model."""
-    import matplotlib as mpl
-
-    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     if not history or not formats:

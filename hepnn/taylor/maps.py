@@ -43,9 +43,6 @@ def image_map_figure(gmap: np.ndarray, channels: Sequence[str], title: str) -> F
     matplotlib.figure.Figure
         The open figure (the caller saves and closes it).
     """
-    import matplotlib as mpl
-
-    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(channels), figsize=(6 * len(channels), 5), squeeze=False)
@@ -77,9 +74,6 @@ def sequence_map_figure(fmap: np.ndarray, features: Sequence[str], title: str) -
     matplotlib.figure.Figure
         The open figure (the caller saves and closes it).
     """
-    import matplotlib as mpl
-
-    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4))

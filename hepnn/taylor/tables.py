@@ -82,15 +82,13 @@ def _markdown(result: TaylorResult, model_name: str, records: list[dict[str, Any
 def _plot_ranking(
     result: TaylorResult, model_name: str, n_bars: int, log_x: bool, paths: dict[str, Path]
 ) -> None:
-    import matplotlib as mpl
-
-    mpl.use("Agg")
     import matplotlib.pyplot as plt
-    import mplhep
     from matplotlib.patches import Patch
 
+    from hepnn.plotstyle import plot_style
+
     records = result.ranked(n_bars)
-    with plt.style.context(mplhep.style.CMS):
+    with plot_style():
         fig, ax = plt.subplots(figsize=(10, max(3.0, 0.45 * len(records) + 1.5)))
         ypos = np.arange(len(records))[::-1]
         values = [r.value for r in records]
@@ -253,16 +251,14 @@ def write_history(
     if not formats:
         return paths
 
-    import matplotlib as mpl
-
-    mpl.use("Agg")
     import matplotlib.pyplot as plt
-    import mplhep
+
+    from hepnn.plotstyle import plot_style
 
     ordered = sorted(records, key=lambda er: er[0])
     epochs = np.array([e for e, _ in ordered], dtype=float)
     last = ordered[-1][1]
-    with plt.style.context(mplhep.style.CMS):
+    with plot_style():
         fig, ax = plt.subplots(figsize=(10, 7))
         styles = {1: "-", 2: "--", 3: ":"}
         for rec in last.ranked(top):
