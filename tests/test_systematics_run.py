@@ -238,3 +238,54 @@ def test_fatjet_energy_scale_scales_the_fatjet_histograms():
     data_events = _nano_events(REPO / "samples" / "nanoaod" / "nano_dimuon.root", "data")
     out = cls(WorkflowContext(datasets=datasets, systematics={"jes": jes})).process(data_events)
     assert _same_hist(out["fatjet_pt"][{"syst": "jesUp"}], out["fatjet_pt"][{"syst": "nominal"}])
+
+
+@pytest.mark.slow
+def test_run_writes_templates_and_the_variations_table(tmp_path: Path) -> None:
+    """A whole run: templates in hists.root, the table, bands and plots on the nominal slice."""
+    import csv
+
+    from hepnn.config import load_config
+    from hepnn.pipeline import run_config
+
+    quick = [
+        "networks.dnn.params.hidden=[16, 16]", "networks.dnn.training.epochs=1",
+        "executor.block_size=2000", "executor.chunksize=2000",
+        "uncertainty.mc_dropout.samples=3", "uncertainty.ensemble=null", "taylor=null",
+        "outputs.plot_formats=[png]",
+        "systematics.tes.feature=PRI_tau_pt", "systematics.tes.up=1.03", "systematics.tes.down=0.97",
+        "systematics.met.feature=PRI_met", "systematics.met.kind=shift",
+        "systematics.met.up=2.0", "systematics.met.down=-2.0",
+    ]  # fmt: skip
+    run = run_config(
+        load_config(REPO / "configs" / "higgs.yaml", quick), tmp_path, test=True, progress=False
+    )
+    with uproot.open(tmp_path / "hists.root") as f:
+        names = {k.split(";")[0] for k in f}
+        for process in ("signal", "background"):
+            for syst in ("nominal", "tesUp", "tesDown", "metUp", "metDown"):
+                assert f"score_dnn/{process}/{syst}" in names
+                assert f"score_dnn_higgs_challenge_2+_jets/{process}/{syst}" in names
+                assert f"DER_mass_vis/{process}/{syst}" in names
+        nominal = f["score_dnn/signal/nominal"].values()
+        hsum = run.hists["score_dnn"][{"dataset": sum, "njet": sum, "syst": "nominal"}]
+        np.testing.assert_array_equal(nominal, hsum[{"process": "signal"}].values())
+        assert any(n.startswith("bands/score_dnn/signal/") for n in names)
+    # the band summary used the nominal slice: its nominal equals the nominal template
+    with (tmp_path / "systematics" / "dnn.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["variation"], r["direction"]) for r in rows} == {
+        ("tes", "Up"),
+        ("tes", "Down"),
+        ("met", "Up"),
+        ("met", "Down"),
+    }
+    tes_up = next(
+        r
+        for r in rows
+        if r["variation"] == "tes" and r["direction"] == "Up" and r["process"] == "all"
+    )
+    assert float(tes_up["mean_shift"]) * float(tes_up["mean_shift_linear"]) > 0
+    assert (tmp_path / "systematics" / "dnn.md").is_file()
+    assert (tmp_path / "plots").is_dir()
+    assert str(tmp_path / "systematics" / "dnn.csv") in {str(p) for p in run.files}
