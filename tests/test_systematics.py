@@ -59,12 +59,16 @@ def test_der_features_recomputed_from_pri_match_the_stored_ones(cols):
     for name in RECOMPUTABLE:
         stored, new = cols[name], recomputed[name]
         np.testing.assert_array_equal(new == -999.0, stored == -999.0, err_msg=name)
-        within = np.abs(new - stored) <= 1.0001 * _rounding_tolerance(cols, name)
+        defined = stored != -999.0
+        diff = (new - stored)[defined]
+        within = np.abs(diff) <= 1.0001 * _rounding_tolerance(cols, name)[defined]
         if name in MASSIVE:
-            defined = stored != -999.0
-            rel = np.abs(new - stored)[defined] / stored[defined]
-            assert np.median(rel) < (5e-4 if name == "DER_mass_vis" else 2e-2), name
-            assert within.mean() > 0.7, name
+            # massless formulas under-estimate masses of massive objects, by little for tau+lepton
+            rel = diff / stored[defined]
+            assert (diff <= _rounding_tolerance(cols, name)[defined]).mean() > 0.95, name
+            limit = (1e-3, 3e-3) if name == "DER_mass_vis" else (1e-2, 0.2)
+            assert abs(np.median(rel)) < limit[0], name
+            assert np.quantile(np.abs(rel), 0.98) < limit[1], name
         else:
             assert within.mean() > 0.999, (name, within.mean())
 
