@@ -246,3 +246,33 @@ def test_templates_in_hists_root_for_combine_and_cabinetry(tmp_path: Path) -> No
     assert nom["other"] is band
     plain = {"other": band}
     assert nominal_hists(plain) is plain
+
+
+def test_jet_energy_scale_physics(cols):
+    jes = Variation("jes", "PRI_jet_all_pt", "scale", up=1.05, down=0.95)
+    out = vary_higgs_columns(cols, jes, "Up")
+    njet = cols["PRI_jet_num"]
+    for k, jet in ((1, "leading"), (2, "subleading")):
+        has = njet >= k
+        np.testing.assert_allclose(
+            out[f"PRI_jet_{jet}_pt"][has], 1.05 * cols[f"PRI_jet_{jet}_pt"][has]
+        )
+        np.testing.assert_array_equal(out[f"PRI_jet_{jet}_pt"][~has], -999.0)
+    # tau + lepton + MET + two leading jets is conserved: DER_pt_tot does not move
+    np.testing.assert_allclose(out["DER_pt_tot"], cols["DER_pt_tot"], atol=1e-9)
+    np.testing.assert_allclose(
+        out["DER_sum_pt"] - cols["DER_sum_pt"], 0.05 * cols["PRI_jet_all_pt"], atol=1e-9
+    )
+    # a uniform scale of both (massless) jets scales their invariant mass
+    two = njet >= 2
+    mjj = derived_features(cols, ("DER_mass_jet_jet",))["DER_mass_jet_jet"]
+    np.testing.assert_allclose(
+        (out["DER_mass_jet_jet"] - cols["DER_mass_jet_jet"])[two], 0.05 * mjj[two], rtol=1e-9
+    )
+    np.testing.assert_array_equal(out["DER_mass_jet_jet"][~two], -999.0)
+    # zero-jet events: nothing of theirs moves
+    zero = njet == 0
+    for name in ("PRI_met", "DER_pt_h", "DER_mass_transverse_met_lep"):
+        np.testing.assert_array_equal(out[name][zero], cols[name][zero], err_msg=name)
+    assert "PRI_tau_pt" not in out
+    assert "DER_deltaeta_jet_jet" not in out

@@ -30,6 +30,9 @@ momenta over the di-tau decay kinematics, with ATLAS-internal probability
 densities) **cannot be recomputed** from the ``PRI_`` features: every variation
 leaves it at its stored value.
 
+Jet energy scale (:func:`jet_energy_scale`, a ``scale`` of ``PRI_jet_all_pt``): every
+jet's pT scales and the MET absorbs the change of the two leading jets.
+
 Tau energy scale (:func:`tau_energy_scale`), as in the FAIR Universe HiggsML
 Uncertainty Challenge (arXiv:2410.02867): ``PRI_tau_pt`` is multiplied by the
 factor (η, φ unchanged: the tau four-vector scales), the missing transverse
@@ -54,6 +57,7 @@ __all__ = [
     "NOT_RECOMPUTABLE",
     "RECOMPUTABLE",
     "derived_features",
+    "jet_energy_scale",
     "propagate",
     "tau_energy_scale",
     "vary_higgs_columns",
@@ -288,12 +292,48 @@ def tau_energy_scale(columns: Mapping[str, Any], tau_pt: np.ndarray) -> dict[str
     return {**changed, **propagate(columns, changed)}
 
 
+def jet_energy_scale(columns: Mapping[str, Any], factor: float) -> dict[str, np.ndarray]:
+    """Every jet's transverse momentum scaled by ``factor`` and the missing momentum corrected.
+
+    ``PRI_jet_leading_pt`` / ``PRI_jet_subleading_pt`` (where the event has that jet) and
+    ``PRI_jet_all_pt`` (all jets) are multiplied by ``factor``; the missing transverse
+    momentum absorbs the opposite of the change of the two leading jets' transverse
+    momentum vectors (the file has no direction for the others), as in the FAIR
+    Universe challenge; dependent ``DER_`` features follow (:func:`propagate`). Jets
+    crossing the 25 GeV reconstruction threshold are not added or removed (the jet
+    count is kept): valid for scales of a few per cent.
+    """
+    njet = _col(columns, "PRI_jet_num")
+    met, met_phi = _col(columns, "PRI_met"), _col(columns, "PRI_met_phi")
+    mx, my = met * np.cos(met_phi), met * np.sin(met_phi)
+    changed: dict[str, np.ndarray] = {}
+    for k, jet in ((1, "leading"), (2, "subleading")):
+        pt = _col(columns, f"PRI_jet_{jet}_pt")
+        phi = _col(columns, f"PRI_jet_{jet}_phi")
+        has = njet >= k
+        new = np.where(has, pt * factor, pt)
+        dpt = np.where(has, new - pt, 0.0)
+        mx, my = (
+            mx - dpt * np.cos(np.where(has, phi, 0.0)),
+            my - dpt * np.sin(np.where(has, phi, 0.0)),
+        )
+        changed[f"PRI_jet_{jet}_pt"] = new
+    all_pt = _col(columns, "PRI_jet_all_pt")
+    changed["PRI_jet_all_pt"] = np.where(all_pt == MISSING, all_pt, all_pt * factor)
+    moved = njet >= 1
+    changed["PRI_met"] = np.where(moved, np.hypot(mx, my), met)
+    changed["PRI_met_phi"] = np.where(moved, np.arctan2(my, mx), met_phi)
+    return {**changed, **propagate(columns, changed)}
+
+
 def vary_higgs_columns(
     columns: Mapping[str, Any], variation: Variation, direction: str, mask: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """The columns a variation changes in Higgs-challenge events, with everything derived from them.
 
     * ``PRI_tau_pt``: tau energy scale (:func:`tau_energy_scale`: MET corrected, DER_ recomputed);
+    * ``PRI_jet_all_pt`` with ``kind: scale``: jet energy scale of every jet
+      (:func:`jet_energy_scale`: leading and subleading jets too, MET corrected);
     * any other ``PRI_`` feature: varied, and the ``DER_`` features that read it recomputed
       (:func:`propagate`; no MET correction);
     * a ``DER_`` feature: varied alone.
@@ -319,6 +359,8 @@ def vary_higgs_columns(
     varied = variation.vary(_col(columns, feature), direction)
     if feature == "PRI_tau_pt":
         changed = tau_energy_scale(columns, varied)
+    elif feature == "PRI_jet_all_pt" and variation.kind == "scale":
+        changed = jet_energy_scale(columns, variation.size(direction))
     elif feature.startswith("PRI_"):
         changed = {feature: varied}
         changed |= propagate(columns, changed)
