@@ -125,6 +125,33 @@ def test_linear_prediction_agrees_with_the_actual_shift(trained_model, columns):
         assert weights is None
 
 
+def test_linear_prediction_is_independent_of_the_chunking(trained_model, columns):
+    v = Variation("tes", **TES)
+    varied = {**columns, **vary_higgs_columns(columns, v, "Up")}
+    whole = linear_shift(trained_model, columns, varied)
+    cut = 1500
+    parts = [
+        linear_shift(
+            trained_model,
+            {k: a[sl] for k, a in columns.items()},
+            {k: a[sl] for k, a in varied.items()},
+        )
+        for sl in (slice(0, cut), slice(cut, None))
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts).view(np.uint64), whole.view(np.uint64))
+
+
+def test_a_feature_the_workflow_cannot_vary_is_an_error(columns):
+    from hepnn.errors import InputError
+
+    with pytest.raises(InputError, match=r"systematics.jes: feature 'FatJet_pt'"):
+        vary_higgs_columns(columns, Variation("jes", "FatJet_pt", "scale", 1.05, 0.95), "Up")
+    cls = find_workflow(str(REPO / "workflows" / "fatjets.py")).cls
+    ctx = WorkflowContext(datasets={"ttbar_v15": {}}, systematics={"tes": TES})
+    with pytest.raises(InputError, match=r"systematics.tes: the fatjets workflow varies FatJet_pt"):
+        cls(ctx).process(_nano_events(NANO_TT, "ttbar_v15"))
+
+
 def _higgs_events(converted, n: int):
     from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
