@@ -19,12 +19,13 @@ score > ``options.score_cut``), and returned per event for
 
 With input variations (``context.systematics``, :mod:`hepnn.systematics`), the
 kinematic histograms, ``score_<net>`` and ``<var>_cut_<net>`` gain a ``syst`` axis
-(``score_fine_syst_<net>`` is the fine-binned score with it) (``nominal``, ``<name>Up``, ``<name>Down``): each variation's
-columns are varied (the tau energy scale with the MET correction and every
-dependent ``DER_`` recomputed; ``DER_mass_MMC`` cannot be and stays nominal), the
-network is re-evaluated on them, and ``score_linear_<net>`` / ``syst_shift_<net>``
-hold the first-order Taylor prediction of the shift for the variations table.
-Without variations every output is as before (no ``syst`` axis).
+(``nominal``, ``<name>Up``, ``<name>Down``; ``score_fine_syst_<net>`` is the fine-binned
+score with it). Each variation's columns are varied (tau / jet energy scales with the
+MET correction, every dependent ``DER_`` recomputed; ``DER_mass_MMC`` cannot be and
+stays nominal), the network is re-evaluated on them (``score_<net>_<name>Up/Down``
+columns), and ``score_linear_<net>`` / ``syst_shift_<net>`` hold the first-order
+Taylor prediction of the shift for the variations table. Data datasets are never
+varied. Without variations every output is as before (no ``syst`` axis).
 """
 
 from __future__ import annotations
