@@ -24,11 +24,11 @@ Columns of ``systematics/<net>.csv`` (one row per variation, direction and proce
     Nominal weighted yield with score > ``score_cut`` and its relative change
     (actual, linearised), from the 1000-bin score histograms (overflow included).
 ``chi2``, ``chi2_linear``, ``ndf``
-    Σ_b (varied_b − nominal_b)² / σ²_b over the ``ndf`` bins (50 bins in [0, 1]) with
-    nominal content, σ_b the nominal's statistical uncertainty. The varied and nominal
-    histograms hold the *same* events, so this measures the size of the shape change
-    in units of the simulation's statistical precision; it is not a goodness-of-fit
-    p-value.
+    Σ_b (varied_b − nominal_b)² / (σ²_nominal,b + σ²_varied,b) over the ``ndf`` bins
+    (50 bins in [0, 1]) with content in either, σ² the sums of squared weights. The
+    varied and nominal histograms hold the *same* events, so the two uncertainties
+    are not independent and this is not a goodness-of-fit p-value: it measures the
+    size of the shape change in units of the simulation's statistical precision.
 """
 
 from __future__ import annotations
@@ -109,16 +109,18 @@ def _yield_above(values: np.ndarray, edges: np.ndarray, cut: float) -> float:
     return float(inner[edges[:-1] >= cut - 1e-12].sum() + values[-1])
 
 
-def _chi2(var: np.ndarray, nom: np.ndarray, nom_var: np.ndarray) -> tuple[float, int]:
+def _chi2(
+    var: np.ndarray, var_var: np.ndarray, nom: np.ndarray, nom_var: np.ndarray
+) -> tuple[float, int]:
     groups = (len(nom) - 2) // CHI2_BINS
 
     def rebin(a: np.ndarray) -> np.ndarray:
         inner = a[1:-1].reshape(CHI2_BINS, groups).sum(axis=1)
-        inner[0] += a[0]
+        inner[0] += a[0]  # under- and overflow join the edge bins
         inner[-1] += a[-1]
         return inner
 
-    v, n, s2 = rebin(var), rebin(nom), rebin(nom_var)
+    v, n, s2 = rebin(var), rebin(nom), rebin(nom_var) + rebin(var_var)
     ok = s2 > 0
     return float(np.sum((v[ok] - n[ok]) ** 2 / s2[ok])), int(ok.sum())
 
@@ -138,14 +140,14 @@ def variation_rows(hists: dict[str, hist.Hist], net: str, score_cut: float) -> l
             total = float(nom[1:-1].sum() + nom[0] + nom[-1])
             if total == 0:
                 continue
-            act, _ = _values(fine, proc, label)
-            lin, _ = _values(linear, proc, label)
+            act, act_var = _values(fine, proc, label)
+            lin, lin_var = _values(linear, proc, label)
             q = sums[
                 {"process": sum if proc == "all" else hist.loc(proc), "syst": hist.loc(label)}
             ].values()
             y0 = _yield_above(nom, edges, score_cut)
-            chi2, ndf = _chi2(act, nom, nom_var)
-            chi2_lin, _ = _chi2(lin, nom, nom_var)
+            chi2, ndf = _chi2(act, act_var, nom, nom_var)
+            chi2_lin, _ = _chi2(lin, lin_var, nom, nom_var)
             rows.append({
                 "variation": name, "direction": direction, "process": proc,
                 "mean_shift": q[0] / total, "mean_shift_linear": q[1] / total,
@@ -174,7 +176,7 @@ def _markdown(net: str, rows: list[dict[str, Any]], score_cut: float) -> str:
         "exact only for small variations).",
         "",
         f"Yields: weighted events with score > {score_cut:g}. χ²: varied vs nominal score histogram "
-        f"({CHI2_BINS} bins), in units of the nominal's statistical uncertainty; both hold the same "
+        f"({CHI2_BINS} bins) over the sum of both statistical variances; both hold the same "
         "events, so it measures the size of the change, not a p-value.",
         "",
         "| variation | dir | process | ⟨Δy⟩ | ⟨Δy⟩ linear | RMS(actual−linear) | yield change | linear | χ²/ndf | linear χ²/ndf |",
