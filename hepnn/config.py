@@ -135,6 +135,49 @@ class CrossValidationConfig(_Strict):
         return v
 
 
+class SystematicConfig(_Strict):
+    """One input variation (``systematics: {<name>: ...}``; hepnn.systematics).
+
+    ``scale`` multiplies the feature by ``up`` / ``down``; ``shift`` adds them (in the
+    feature's unit). Never applied to data datasets (``metadata.is_data: true``).
+    """
+
+    feature: str = Field(
+        ..., min_length=1, description="the varied column, e.g. PRI_tau_pt, FatJet_pt"
+    )
+    kind: Literal["scale", "shift"] = "scale"
+    up: float = Field(..., description="factor (scale) or offset (shift) of the Up variation")
+    down: float = Field(..., description="factor (scale) or offset (shift) of the Down variation")
+    datasets: list[str] | None = Field(
+        None, description="datasets it applies to (default: all simulated)"
+    )
+    processes: list[str] | None = Field(None, description="processes it applies to (default: all)")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SystematicConfig:
+        nothing = 1.0 if self.kind == "scale" else 0.0
+        if self.kind == "scale" and not (self.up > 0 and self.down > 0):
+            msg = "a scale needs positive up and down factors"
+            raise ValueError(msg)
+        if self.up == nothing and self.down == nothing:
+            msg = f"up and down are both {nothing:g}: the variation changes nothing"
+            raise ValueError(msg)
+        return self
+
+
+def _check_systematics(v: dict[str, SystematicConfig] | None) -> dict[str, SystematicConfig] | None:
+    import re
+
+    for name in v or {}:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name == "nominal":
+            msg = f"systematic name {name!r}: letters, digits and _ only (it names ROOT histograms), not 'nominal'"
+            raise ValueError(msg)
+        if name.endswith(("Up", "Down")):
+            msg = f"systematic name {name!r} must not end in Up/Down (they are appended)"
+            raise ValueError(msg)
+    return v
+
+
 class Config(_Strict):
     """The validated content of one ``configs/*.yaml``."""
 
@@ -163,6 +206,9 @@ class Config(_Strict):
         None, gt=0, allow_inf_nan=False, strict=True, description="centre-of-mass energy in TeV"
     )
     plots: PlotConfig = PlotConfig()
+    systematics: dict[str, SystematicConfig] | None = Field(
+        None, description="input variations propagated through the networks (off unless configured)"
+    )
     _source: Path | None = PrivateAttr(default=None)
 
     @field_validator("workflow")
@@ -172,6 +218,13 @@ class Config(_Strict):
             msg = "must name a workflow"
             raise ValueError(msg)
         return v
+
+    @field_validator("systematics")
+    @classmethod
+    def _systematics_names(
+        cls, v: dict[str, SystematicConfig] | None
+    ) -> dict[str, SystematicConfig] | None:
+        return _check_systematics(v)
 
     @model_validator(mode="after")
     def _cross_validation_needs_networks(self) -> Config:

@@ -60,10 +60,59 @@ def root_objects(hists: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
     for name, h in hists.items():
         if all(_is_category(ax) for ax in h.axes):
             continue  # a pure yield table has no binned axis to write as a TH1
+        if SYST_AXIS in h.axes.name:
+            out.update(syst_templates(name, h))
+            continue
         for sub, hh in _split_categories([_clean(name)], h):
             if 1 <= hh.ndim <= 2:
                 out[sub] = hh
     return out
+
+
+#: Name of the categorical axis of input variations (``nominal``, ``<name>Up``, ``<name>Down``).
+SYST_AXIS = "syst"
+
+
+def syst_templates(name: str, h: hist.Hist) -> dict[str, hist.Hist]:
+    """Fit templates of a histogram with a ``syst`` axis, in the names combine and cabinetry read.
+
+    The *sample* axis is ``process`` (else ``dataset``); every other categorical axis
+    (``dataset``, ``njet``, ...) is summed over for ``<name>/<sample>/<syst>`` and
+    kept, one region per combination of its values, as ``<name>_<v1>_<v2>/<sample>/<syst>``
+    (values with ``/`` and spaces made ``_``). ``<syst>`` is ``nominal``,
+    ``<variation>Up`` or ``<variation>Down``. Only 1D/2D results are written.
+    """
+    cats = [ax for ax in h.axes if _is_category(ax)]
+    names = [ax.name for ax in cats]
+    sample = "process" if "process" in names else ("dataset" if "dataset" in names else None)
+    regions = [ax for ax in cats if ax.name not in (sample, SYST_AXIS)]
+    out: dict[str, hist.Hist] = {}
+
+    def emit(region: str, hh: hist.Hist) -> None:
+        samples = list(hh.axes[sample]) if sample is not None else [None]
+        for smp in samples:
+            hs = hh if smp is None else hh[{sample: hist.loc(smp)}]
+            for syst in hs.axes[SYST_AXIS]:
+                t = hs[{SYST_AXIS: hist.loc(syst)}]
+                if 1 <= t.ndim <= 2:
+                    path = (
+                        [region] + ([] if smp is None else [_clean(str(smp))]) + [_clean(str(syst))]
+                    )
+                    out["/".join(path)] = t
+
+    summed = h[{ax.name: sum for ax in regions}] if regions else h
+    emit(_clean(name), summed)
+    if regions:
+        for values in _combinations(regions):
+            picked = h[{ax.name: hist.loc(v) for ax, v in zip(regions, values, strict=True)}]
+            emit("_".join([_clean(name), *(_clean(str(v)) for v in values)]), picked)
+    return out
+
+
+def _combinations(axes: list[Any]) -> list[tuple[Any, ...]]:
+    import itertools
+
+    return list(itertools.product(*(list(ax) for ax in axes)))
 
 
 def _is_category(ax: Any) -> bool:
@@ -128,8 +177,10 @@ def write_root(
 ) -> list[str]:
     """Write the 1D/2D histograms (and ``extra`` ones, by name) to a ROOT file with uproot.
 
-    Titles and axis titles are written in ROOT's TLatex (:func:`tlatex`). Returns the
-    names written.
+    Titles and axis titles are written in ROOT's TLatex (:func:`tlatex`). Histograms
+    with a ``syst`` axis are written as fit templates (:func:`syst_templates`).
+    ``extra`` maps full ROOT paths (``"<hist>/<process>/<variation>"``) to histograms and
+    is written verbatim, after (and over) the split ones. Returns the names written.
     """
     objs = {n: _root_ready(h) for n, h in {**root_objects(hists), **(extra or {})}.items()}
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:

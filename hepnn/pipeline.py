@@ -162,6 +162,7 @@ def process_events(run: Run) -> None:
             else {}
         ),
         ensembles={n: [str(q) for q in p.members] for n, p in run.networks.items() if p.members},
+        systematics=systematics_context(cfg, run.datasets),
     )
     schema = getattr(found.cls, "schema", None)
     if schema is None:
@@ -236,11 +237,39 @@ def cross_validate(run: Run) -> None:
 def summarise_bands(run: Run) -> None:
     """MC-dropout / ensemble band summaries, their ROOT templates and plots."""
     from hepnn.bands import band_outputs
+    from hepnn.systematics import nominal_hists
 
+    view = nominal_hists(run.hists)  # the nominal slice of histograms with a syst axis
     run.root_extra, files = band_outputs(
-        run.hists, run.outdir / "plots", plots=bool(run.formats), formats=list(run.formats)
+        view, run.outdir / "plots", plots=bool(run.formats), formats=list(run.formats)
     )
+    run.hists.update({k: v for k, v in view.items() if k not in run.hists})
     run.files += files
+
+
+def systematics_context(cfg: Config, datasets: dict[str, Dataset]) -> dict[str, dict[str, Any]]:
+    """The config's ``systematics`` as plain data for the workflow; unknown datasets are an error."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in (cfg.systematics or {}).items():
+        unknown = [d for d in spec.datasets or [] if d not in datasets]
+        if unknown:
+            from hepnn.errors import ConfigError
+
+            where = config_source(cfg) or cfg.name
+            msg = f"{where}: systematics.{name}.datasets: unknown dataset(s) {unknown}; samples have {list(datasets)}"
+            raise ConfigError(msg)
+        out[name] = spec.model_dump()
+    return out
+
+
+def summarise_systematics(run: Run) -> None:
+    """``systematics/<net>.{csv,md}``: each variation's effect on the score beside its linear prediction."""
+    if not run.cfg.systematics:
+        return
+    from hepnn.systematics.table import write_variation_tables
+
+    cut = float(run.cfg.options.get("score_cut", 0.5))
+    run.files += write_variation_tables(run.hists, run.outdir / "systematics", score_cut=cut)
 
 
 def write_results(run: Run) -> None:
@@ -263,11 +292,12 @@ def draw_plots(run: Run) -> None:
     """The histograms' plots (``plots/``): stacked and normalised with ``lumi``, else shapes."""
     if run.formats:
         from hepnn.plotting import PlotSettings, plot_hists
+        from hepnn.systematics import nominal_hists
 
         settings = PlotSettings.from_resolved(resolved_dict(run.cfg), run.normalisation)
         run.files += plot_hists(
-            run.hists, run.outdir / "plots", list(run.formats), settings=settings,
-            normalised=run.normalised,
+            nominal_hists(run.hists), run.outdir / "plots", list(run.formats), settings=settings,
+            normalised=nominal_hists(run.normalised),
         )  # fmt: skip
 
 
@@ -325,6 +355,7 @@ STAGES: tuple[Callable[[Run], None], ...] = (
     evaluate_networks,
     cross_validate,
     summarise_bands,
+    summarise_systematics,
     write_results,
     draw_plots,
     finish,

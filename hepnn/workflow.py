@@ -60,6 +60,10 @@ class WorkflowContext:
         ``{"samples": T, "seed": S}`` when MC-dropout bands are asked for, else empty.
     ensembles
         Network name → model folders of its ensemble members (member 0 = the network).
+    systematics
+        Input variations, ``{name: {feature, kind, up, down, datasets, processes}}``
+        (the config's ``systematics``; :func:`hepnn.systematics.variations_from_mapping`);
+        empty: no variation, no ``syst`` axis.
     """
 
     options: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +73,7 @@ class WorkflowContext:
     seed: int = 1234
     mc_dropout: dict[str, int] = field(default_factory=dict)
     ensembles: dict[str, list[str]] = field(default_factory=dict)
+    systematics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def flat_networks(self) -> dict[str, str]:

@@ -27,6 +27,15 @@ the threshold (event ids, kinematics, constituent count and status, scores).
 The taggers of ``configs/toptag.yaml`` learnt Delphes-simulated jets of
 550-650 GeV; on CMS FatJets (other detector, pile-up mitigation, pT from 170 GeV)
 their scores show the plumbing, not a calibrated top tagger.
+
+Jet-energy scale (``context.systematics`` with ``feature: FatJet_pt``, ``kind: scale``,
+:mod:`hepnn.systematics`): each FatJet four-vector and its constituents are scaled
+*before* the selection and the taggers (pT, mass, soft-drop mass; a jet crossing
+``fatjet_pt_min`` enters or leaves the selection), the taggers are re-evaluated,
+and ``fatjet_pt``, ``fatjet_eta``, ``fatjet_mass``, ``fatjet_msoftdrop`` and
+``fatjet_score_<tagger>`` gain a ``syst`` axis (``nominal``, ``<name>Up``,
+``<name>Down``). Never applied to data datasets. Without variations every output
+is as before.
 """
 
 from __future__ import annotations
@@ -38,11 +47,25 @@ import hist
 import numpy as np
 
 from hepnn.columns import Columns
+from hepnn.errors import InputError
 from hepnn.jets.batch import constituent_layout, fatjet_batch
 from hepnn.jets.nanoaod import fatjet_constituents
 from hepnn.nets.apply import jet_event_ids, jet_scores
 from hepnn.schemas import NanoSchema
+from hepnn.systematics import (
+    NOMINAL,
+    Variation,
+    scale_jet_batch,
+    syst_labels,
+    variations_from_mapping,
+    varied_labels,
+)
 from hepnn.workflow import Workflow
+
+#: Histograms that gain a ``syst`` axis with a jet-energy-scale variation.
+VARIED_HISTS = ("fatjet_pt", "fatjet_eta", "fatjet_mass", "fatjet_msoftdrop")
+#: The feature a jet-energy scale names.
+JES_FEATURE = "FatJet_pt"
 
 #: Per-FatJet constituent status (``fatjet_constituent_status``, column ``status``).
 STATUS = ["with constituents", "no constituents linked", "no PF candidate table"]
@@ -77,6 +100,40 @@ class FatJets(Workflow):
 
     def _h(self, *axes: hist.axis.AxesMixin, label: str) -> hist.Hist:
         return hist.Hist(self._dataset_axis(), *axes, storage=hist.storage.Weight(), label=label)
+
+    def _variations(self) -> list[Variation]:
+        variations = variations_from_mapping(self.context.systematics)
+        for v in variations:
+            if v.feature != JES_FEATURE or v.kind != "scale":
+                msg = (
+                    f"systematics.{v.name}: the fatjets workflow varies {JES_FEATURE} with "
+                    f"kind: scale (a jet-energy scale) only, got {v.feature} ({v.kind})"
+                )
+                raise InputError(msg)
+        return variations
+
+    def _jes(
+        self, events: Any, ptmin: float, weight: np.ndarray
+    ) -> dict[str, tuple[float, Any, np.ndarray]]:
+        """Per variation label: (factor, selection, selected scaled FatJets, their weights).
+
+        The factor is 1 where the variation does not apply (data, other datasets).
+        """
+        dataset = events.metadata["dataset"]
+        meta = self.context.datasets.get(dataset, {})
+        out = {}
+        for v, direction, label in varied_labels(self._variations()):
+            applies = v.applies_to(dataset, meta) and v.event_mask(meta.get("process"), 1).all()
+            f = v.size(direction) if applies else 1.0
+            fat = events.FatJet
+            scaled = ak.zip(
+                {k: fat[k] * f if k in ("pt", "mass", "msoftdrop") else fat[k]
+                 for k in ("pt", "eta", "mass", "msoftdrop") if k in fat.fields}
+            )  # fmt: skip
+            sel = scaled.pt >= ptmin
+            w = ak.to_numpy(ak.flatten(ak.broadcast_arrays(weight, scaled.pt[sel])[0]))
+            out[label] = (f, sel, scaled[sel], w)
+        return out
 
     def process(self, events: Any) -> dict[str, Any]:
         dataset = events.metadata["dataset"]
@@ -117,9 +174,25 @@ class FatJets(Workflow):
                 hist.axis.Regular(40, 0, 400, name="x", label="FatJet soft-drop mass [GeV]"),
             ),
         }
+        variations = self._variations()
+        syst_axes = (
+            [hist.axis.StrCategory(syst_labels(variations), name="syst", label="variation")]
+            if variations
+            else []
+        )
+        jes = self._jes(events, ptmin, weight) if variations else {}
         for name, (field, axis) in specs.items():
-            out[name] = self._h(axis, label=name)
-            out[name].fill(dataset=dataset, x=ak.to_numpy(ak.flatten(fat[field])), weight=w_fat)
+            out[name] = self._h(*syst_axes, axis, label=name)
+            out[name].fill(
+                dataset=dataset,
+                x=ak.to_numpy(ak.flatten(fat[field])),
+                weight=w_fat,
+                **({"syst": NOMINAL} if syst_axes else {}),
+            )
+            for label, (_, _, fat_v, w_v) in jes.items():
+                if field in fat_v.fields:
+                    x_v = ak.to_numpy(ak.flatten(fat_v[field]))
+                    out[name].fill(dataset=dataset, x=x_v, weight=w_v, syst=label)
 
         out["njet"] = self._h(
             hist.axis.Integer(0, 15, name="n", label="AK4 jets per event"), label="Jet multiplicity"
@@ -170,6 +243,11 @@ class FatJets(Workflow):
         out["fatjet_constituent_status"].fill(dataset=dataset, status=status)
 
         scores = {}
+        all_jets = (
+            fatjet_batch(events, pt_min=None, entry_start=int(events.metadata["entrystart"]))
+            if jes and batch is not None and self.context.jet_networks
+            else None
+        )
         for tagger, path in self.context.jet_networks.items():
             # NaN where there is nothing to score: an empty jet or no link table.
             scores[tagger] = (
@@ -177,24 +255,41 @@ class FatJets(Workflow):
                 if batch is not None
                 else np.full(len(pt_flat), np.nan, dtype=np.float32)
             )
-            out.update(self._score_hists(tagger, scores[tagger], fat, dataset, w_fat))
+            out.update(self._score_hists(tagger, scores[tagger], fat, dataset, w_fat, syst_axes))
+            for label, (f, sel_v, _, w_v) in jes.items():
+                if all_jets is None:
+                    s_v = np.full(len(w_v), np.nan, dtype=np.float32)
+                else:  # the scaled jets that pass the selection, tagged again
+                    b_v = scale_jet_batch(all_jets.take(ak.to_numpy(ak.flatten(sel_v))), f)
+                    s_v = jet_scores(path, b_v, event_ids=jet_event_ids(path, events, b_v))
+                ok = np.isfinite(s_v)
+                out[f"fatjet_score_{tagger}"].fill(
+                    dataset=dataset, score=s_v[ok].astype(np.float64), weight=w_v[ok], syst=label
+                )
         out["columns"] = {
             dataset: Columns(self._columns(events, sel, fat, n_const, status, scores))
         }
         return out
 
     def _score_hists(
-        self, tagger: str, score: np.ndarray, fat: Any, dataset: str, w_fat: np.ndarray
+        self,
+        tagger: str,
+        score: np.ndarray,
+        fat: Any,
+        dataset: str,
+        w_fat: np.ndarray,
+        syst_axes: list[hist.axis.AxesMixin] | None = None,
     ) -> dict[str, hist.Hist]:
         ok = np.isfinite(score)
         s = score[ok].astype(np.float64)
         w = w_fat[ok]
         score_axis = hist.axis.Regular(20, 0.0, 1.0, name="score", label=f"{tagger} score")
         h1 = self._h(
+            *(syst_axes or []),
             hist.axis.Regular(50, 0.0, 1.0, name="score", label=f"{tagger} score"),
             label=f"FatJet {tagger} score",
         )
-        h1.fill(dataset=dataset, score=s, weight=w)
+        h1.fill(dataset=dataset, score=s, weight=w, **({"syst": NOMINAL} if syst_axes else {}))
         vs_pt = self._h(
             hist.axis.Regular(20, 150, 1150, name="pt", label=r"FatJet $p_{T}$ [GeV]"),
             score_axis,

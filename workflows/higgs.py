@@ -16,6 +16,16 @@ process (``score_<net>``, and finely binned for ROC/AMS curves), used to bin key
 variables (``<var>_by_score_<net>``) and as a selection (``<var>_cut_<net>``:
 score > ``options.score_cut``), and returned per event for
 ``columns/<dataset>.parquet``.
+
+With input variations (``context.systematics``, :mod:`hepnn.systematics`), the
+kinematic histograms, ``score_<net>`` and ``<var>_cut_<net>`` gain a ``syst`` axis
+(``nominal``, ``<name>Up``, ``<name>Down``; ``score_fine_syst_<net>`` is the fine-binned
+score with it). Each variation's columns are varied (tau / jet energy scales with the
+MET correction, every dependent ``DER_`` recomputed; ``DER_mass_MMC`` cannot be and
+stays nominal), the network is re-evaluated on them (``score_<net>_<name>Up/Down``
+columns), and ``score_linear_<net>`` / ``syst_shift_<net>`` hold the first-order
+Taylor prediction of the shift for the variations table. Data datasets are never
+varied. Without variations every output is as before (no ``syst`` axis).
 """
 
 from __future__ import annotations
@@ -28,9 +38,18 @@ import numpy as np
 
 from hepnn.bands import replica_hists
 from hepnn.columns import Columns
+from hepnn.io.higgs_layout import FEATURES, MISSING_VALUE
 from hepnn.io.missing import with_missing
 from hepnn.nets.apply import band_replicas, network_score
 from hepnn.schemas import BaseSchema
+from hepnn.systematics import (
+    NOMINAL,
+    shift_hists,
+    syst_labels,
+    variations_from_mapping,
+    varied_labels,
+    vary_higgs_columns,
+)
 from hepnn.workflow import Workflow
 
 PROCESSES = ["signal", "background", "unlabelled"]
@@ -79,6 +98,32 @@ class Higgs(Workflow):
             hist.axis.StrCategory(JET_BINS, name="njet", label="jet multiplicity"),
         ]
 
+    def _syst_axes(self) -> list[hist.axis.AxesMixin]:
+        """``[syst]`` with input variations, else nothing (outputs as without the feature)."""
+        variations = variations_from_mapping(self.context.systematics)
+        if not variations:
+            return []
+        return [hist.axis.StrCategory(syst_labels(variations), name="syst", label="variation")]
+
+    def _varied_columns(
+        self, events: Any, dataset: str, process: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+        """The raw feature columns and, per variation label, the columns it changes ({} if none)."""
+        variations = variations_from_mapping(self.context.systematics)
+        if not variations:
+            return {}, {}
+        names = [f for f in events.fields if f in FEATURES or f == "EventId"]
+        raw = {f: ak.to_numpy(events[f]) for f in names}
+        meta = self.context.datasets.get(dataset, {})
+        varied: dict[str, dict[str, np.ndarray]] = {}
+        for v, direction, label in varied_labels(variations):
+            if not v.applies_to(dataset, meta):
+                varied[label] = {}
+                continue
+            mask = v.event_mask(process, len(process))
+            varied[label] = vary_higgs_columns(raw, v, direction, mask) if mask.any() else {}
+        return raw, varied
+
     def process(self, events: Any) -> dict[str, hist.Hist]:
         dataset = events.metadata["dataset"]
         n = len(events)
@@ -103,22 +148,31 @@ class Higgs(Workflow):
         yields.fill(dataset=dataset, process=process, njet=jet_bin, weight=weight)
         out["yields"] = yields
 
+        syst_axes = self._syst_axes()
+        raw, varied = self._varied_columns(events, dataset, process)
         for var, (bins, lo, hi, label) in VARIABLES.items():
             h = hist.Hist(
                 *self._axes(),
+                *syst_axes,
                 hist.axis.Regular(bins, lo, hi, name="x", label=label),
                 storage=hist.storage.Weight(),
                 label=var,
             )
             values = ev[var]
             present = ~ak.to_numpy(ak.is_none(values))
+            x = ak.to_numpy(values[present]).astype(np.float64)
             h.fill(
                 dataset=dataset,
                 process=process[present],
                 njet=jet_bin[present],
-                x=ak.to_numpy(values[present]).astype(np.float64),
+                x=x,
                 weight=weight[present],
+                **({"syst": NOMINAL} if syst_axes else {}),
             )
+            for syst, changed in varied.items():
+                pres, xv = _varied_values(changed, var, present, x)
+                h.fill(dataset=dataset, process=process[pres], njet=jet_bin[pres], x=xv,
+                       weight=weight[pres], syst=syst)  # fmt: skip
             out[var] = h
 
         mmc, mvis = ev.DER_mass_MMC, ev.DER_mass_vis
@@ -148,7 +202,12 @@ class Higgs(Workflow):
         for net, path in self.context.flat_networks.items():
             score = network_score(path, events)
             columns[f"score_{net}"] = score
-            out.update(self._network_hists(net, score, ev, dataset, process, jet_bin, weight))
+            systs = self._varied_scores(net, path, score, raw, varied, process, weight, out)
+            for syst, (s_var, _) in systs.items():
+                columns[f"score_{net}_{syst}"] = s_var
+            out.update(
+                self._network_hists(net, score, ev, dataset, process, jet_bin, weight, systs)
+            )
             replicas = band_replicas(
                 path, events, score, mc_dropout=self.context.mc_dropout,
                 members=self.context.ensembles.get(net),
@@ -160,6 +219,48 @@ class Higgs(Workflow):
         out["columns"] = {dataset: Columns(columns)}
         return out
 
+    def _varied_scores(
+        self,
+        net: str,
+        path: str,
+        score: np.ndarray,
+        raw: dict[str, np.ndarray],
+        varied: dict[str, dict[str, np.ndarray]],
+        process: np.ndarray,
+        weight: np.ndarray,
+        out: dict[str, Any],
+    ) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """The network re-evaluated per variation; fills ``score_linear_<net>`` / ``syst_shift_<net>``."""
+        if not varied:
+            return {}
+        from hepnn.nets.linear import input_gradients, linear_shift
+
+        shifts = shift_hists(net, PROCESSES, list(varied))
+        s0 = score.astype(np.float64)
+        grads = input_gradients(path, raw) if any(varied.values()) else None
+        systs = {}
+        for syst, changed in varied.items():
+            if changed:
+                cols = {**raw, **changed}
+                s_var = network_score(path, cols)
+                lin = linear_shift(path, raw, cols, gradients=grads)
+            else:
+                s_var, lin = score, np.zeros(len(score))
+            systs[syst] = (s_var, changed)
+            delta = s_var.astype(np.float64) - s0
+            shifts[f"score_linear_{net}"].fill(
+                process=process, syst=syst, score=s0 + lin, weight=weight
+            )
+            sums = shifts[f"syst_shift_{net}"]
+            for quantity, values in (
+                ("actual", delta),
+                ("linear", lin),
+                ("residual_sq", (delta - lin) ** 2),
+            ):
+                sums.fill(process=process, syst=syst, quantity=quantity, weight=weight * values)
+        out.update(shifts)
+        return systs
+
     def _network_hists(
         self,
         net: str,
@@ -169,16 +270,25 @@ class Higgs(Workflow):
         process: np.ndarray,
         jet_bin: np.ndarray,
         weight: np.ndarray,
+        systs: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] | None = None,
     ) -> dict[str, hist.Hist]:
         out: dict[str, hist.Hist] = {}
         s = score.astype(np.float64)
+        syst_axes = self._syst_axes() if systs else []
+        nominal = {"syst": NOMINAL} if syst_axes else {}
+        varied_s = {k: v.astype(np.float64) for k, (v, _) in (systs or {}).items()}
         h = hist.Hist(
             *self._axes(),
+            *syst_axes,
             hist.axis.Regular(50, 0.0, 1.0, name="score", label=f"{net} score"),
             storage=hist.storage.Weight(),
             label=f"{net} score",
         )
-        h.fill(dataset=dataset, process=process, njet=jet_bin, score=s, weight=weight)
+        h.fill(dataset=dataset, process=process, njet=jet_bin, score=s, weight=weight, **nominal)
+        for syst, sv in varied_s.items():
+            h.fill(
+                dataset=dataset, process=process, njet=jet_bin, score=sv, weight=weight, syst=syst
+            )
         out[f"score_{net}"] = h
         fine = hist.Hist(
             hist.axis.StrCategory(PROCESSES, name="process"),
@@ -189,6 +299,19 @@ class Higgs(Workflow):
         )
         fine.fill(process=process, score=s, weight=weight)
         out[f"score_fine_{net}"] = fine
+        if syst_axes:
+            fine_syst = hist.Hist(
+                hist.axis.StrCategory(PROCESSES, name="process"),
+                *syst_axes,
+                hist.axis.Regular(1000, 0.0, 1.0, name="score", label=f"{net} score"),
+                storage=hist.storage.Weight(),
+                label=f"{net} score per input variation (fine binning)",
+                metadata={"plot": False},
+            )
+            fine_syst.fill(process=process, score=s, weight=weight, syst=NOMINAL)
+            for syst, sv in varied_s.items():
+                fine_syst.fill(process=process, score=sv, weight=weight, syst=syst)
+            out[f"score_fine_syst_{net}"] = fine_syst
 
         score_bin = np.array(SCORE_BINS)[np.clip((s * 4).astype(int), 0, 3)]
         cut = float(self.options.get("score_cut", 0.5))
@@ -213,6 +336,7 @@ class Higgs(Workflow):
             sel = passed[present]
             after = hist.Hist(
                 *self._axes(),
+                *syst_axes,
                 hist.axis.Regular(bins, lo, hi, name="x", label=label),
                 storage=hist.storage.Weight(),
                 label=f"{var}, {net} score > {cut:g}",
@@ -223,6 +347,23 @@ class Higgs(Workflow):
                 njet=jet_bin[present][sel],
                 x=x[sel],
                 weight=weight[present][sel],
+                **nominal,
             )
+            for syst, (_, changed) in (systs or {}).items():
+                pres, xv = _varied_values(changed, var, present, x)
+                keep = varied_s[syst][pres] > cut
+                after.fill(dataset=dataset, process=process[pres][keep], njet=jet_bin[pres][keep],
+                           x=xv[keep], weight=weight[pres][keep], syst=syst)  # fmt: skip
             out[f"{var}_cut_{net}"] = after
         return out
+
+
+def _varied_values(
+    changed: dict[str, np.ndarray], var: str, present: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Events where ``var`` is defined and its values, after a variation (nominal if unchanged)."""
+    if var not in changed:
+        return present, x
+    values = changed[var]
+    pres = values != MISSING_VALUE
+    return pres, values[pres]
