@@ -78,6 +78,8 @@ class Run:
     columns: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     root_extra: dict[str, Any] = field(default_factory=dict)
+    #: The whole postprocessed output when it holds more than histograms (``outputs.pkl``).
+    other_outputs: Any = None
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     #: Wall seconds of every stage run so far, by stage name.
@@ -157,11 +159,16 @@ def process_events(run: Run) -> None:
         ),
         ensembles={n: [str(q) for q in p.members] for n, p in run.networks.items() if p.members},
     )
-    schema = getattr(found.cls, "schema", None)
-    if schema is None:
-        from coffea.nanoevents import NanoAODSchema
+    from hepnn.processors import (
+        hepnn_columns,
+        make_processor,
+        postprocess_output,
+        resolve_schema,
+        split_output,
+    )
 
-        schema = NanoAODSchema
+    schema, _ = resolve_schema(found.cls, cfg.schema_)
+    processor = make_processor(found.cls, context, found.origin)
     models = {**context.models}
     models |= {f"{n}[{i}]": q for n, ps in context.ensembles.items() for i, q in enumerate(ps)}
     fingerprint = run_fingerprint(
@@ -169,11 +176,13 @@ def process_events(run: Run) -> None:
     )
     run.checkpoints = ChunkCheckpoints(run.outdir, fingerprint, resume=run.resume)
     run.result = run_workflow(
-        found.cls(context), schema, run.datasets, cfg.executor,
+        processor, schema, run.datasets, cfg.executor,
         maxchunks=2 if run.test else None, status=run.progress, checkpoints=run.checkpoints,
     )  # fmt: skip
-    run.hists = dict(run.result.output)
-    run.columns = run.hists.pop("columns", {})
+    output = postprocess_output(processor, run.result.output)  # once, on the merged output
+    run.columns = hepnn_columns(output)
+    run.hists, other = split_output(output)
+    run.other_outputs = output if other else None
 
 
 def write_columns(run: Run) -> None:
@@ -232,6 +241,10 @@ def write_results(run: Run) -> None:
     if run.cfg.outputs.hists_root:
         write_root(out / "hists.root", run.hists, run.root_extra)
         run.files.append(out / "hists.root")
+    if run.other_outputs is not None:
+        from hepnn.outputs import write_other_outputs
+
+        run.files += write_other_outputs(out, run.other_outputs)
 
 
 def draw_plots(run: Run) -> None:
