@@ -9,6 +9,7 @@ even for ``(events.x * 2).compute()``; the results are computed with
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import awkward as ak
@@ -46,7 +47,7 @@ def _steps(path: str, tree: str, n: int, parts: int) -> dict:
     return {
         path: {
             "object_path": tree,
-            "steps": [[int(a), int(b)] for a, b in zip(edges[:-1], edges[1:])],
+            "steps": [[int(a), int(b)] for a, b in itertools.pairwise(edges)],
         }
     }
 
@@ -104,12 +105,14 @@ def test_lazy_dnn_equals_eager_bitwise(higgs_file, kfold_dnn: Path) -> None:
     lazy_events = NanoEventsFactory.from_root(spec, schemaclass=BaseSchema, mode="dask").events()
     clear_cache()
     lazy = network_score(kfold_dnn, lazy_events)
-    assert isinstance(lazy, dak.Array) and lazy.npartitions == 3
+    assert isinstance(lazy, dak.Array)
+    assert lazy.npartitions == 3
     # typetracer pass: exactly the features and the k-fold id column are read
     (columns,) = dak.necessary_columns(lazy).values()
     assert set(columns) == {*network_features(kfold_dnn), "EventId"}
     got = ak.to_numpy(_compute(lazy))
-    assert got.dtype == np.float32 and got.shape == eager.shape
+    assert got.dtype == np.float32
+    assert got.shape == eager.shape
     assert np.array_equal(bits(got), bits(eager))
 
 
@@ -141,7 +144,8 @@ def nano_tagger(tmp_path_factory) -> Path:
         {str(NANO_V15): "Events"}, schemaclass=NanoSchema, mode="virtual"
     ).events()
     batch = fatjet_batch(events)
-    assert batch is not None and len(batch.pt) > 0
+    assert batch is not None
+    assert len(batch.pt) > 0
     spec = NetworkSpec.model_validate(
         {"inputs": {"kind": "sequence", "max_constituents": 32},
          "params": {"filters": [4, 4], "dense": [8], "dropout": 0.1},
