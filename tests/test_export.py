@@ -181,3 +181,25 @@ def test_export_of_a_folder_without_models_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["export", str(tmp_path), "-o", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "no model.json" in result.output
+
+
+def test_logit_export_without_onnx(higgs_kfold: Path, higgs, features, tmp_path: Path) -> None:
+    args = ["export", str(higgs_kfold), "-o", str(tmp_path), "--score", "logit", "--no-onnx"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "dnn"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export.json",
+        "fold0.pt",
+        "fold1.pt",
+        "fold2.pt",
+    ]
+    assert json.loads((out / "export.json").read_text())["output"]["meaning"].startswith("logit")
+    cols = {f: higgs[f][:3000] for f in [*features, "EventId"]}
+    expected = network_score(higgs_kfold, cols, output="logit")
+    raw = np.stack([cols[f].astype(np.float64) for f in features], axis=1)
+    which = route(cols["EventId"], get_network(higgs_kfold).split)
+    for fold in range(3):
+        rows = np.flatnonzero(which == fold)
+        got = _scripted(out / f"fold{fold}.pt", raw[rows], 1024)
+        assert np.array_equal(bits(got), bits(expected[rows]))
