@@ -249,6 +249,11 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
     check_metadata({n: s.metadata for n, s in specs.items()}, cfg.lumi, str(cfg.samples))
     src = config_source(cfg)
     found = find_workflow(cfg.workflow, src.parent if src else None)
+    from hepnn.processors import make_processor, resolve_schema
+    from hepnn.workflow import WorkflowContext
+
+    resolve_schema(found.cls, cfg.schema_)
+    make_processor(found.cls, WorkflowContext(options=dict(cfg.options)), found.origin)
     click.echo(
         f"{config}: ok — workflow {cfg.workflow} ({found.origin}), "
         f"{len(specs)} dataset(s) in {cfg.samples}, config hash {config_hash(cfg)[:16]}"
@@ -301,6 +306,39 @@ def generate(
         f"wrote {s.n_jets} {process} jets to {s.path}: {s.n_events} events, "
         f"efficiency {s.efficiency:.3f}, {s.seconds:.1f} s ({s.seconds_per_1000_events:.1f} s / 1000 events)"
     )
+
+
+@main.command()
+@click.argument("models_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Export folder.",
+)
+@click.option(
+    "--score",
+    type=click.Choice(["sigmoid", "logit"]),
+    default="sigmoid",
+    show_default=True,
+    help="What the exported graphs return.",
+)
+@click.option("--no-onnx", is_flag=True, help="TorchScript only (no onnx package needed).")
+@_handle_errors
+def export(models_dir: str, outdir: str, score: str, no_onnx: bool) -> None:
+    """Export MODELS_DIR's networks (OUT/models, or one network folder) to TorchScript and ONNX.
+
+    Per network and fold: OUTDIR/<net>/fold<i>.pt and fold<i>.onnx with the input
+    preprocessing inside the graph, and OUTDIR/<net>/export.json (inputs, fold rule, output).
+    """
+    from hepnn.nets.export import export_models
+
+    written = export_models(models_dir, outdir, output=score, onnx=not no_onnx)  # type: ignore[arg-type]
+    for name, files in written.items():
+        console.print(f"{name}: " + ", ".join(f.name for f in files))
+    console.print(f"wrote {sum(map(len, written.values()))} files to {outdir}")
 
 
 @main.command(name="list")

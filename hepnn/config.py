@@ -178,8 +178,25 @@ def _check_systematics(v: dict[str, SystematicConfig] | None) -> dict[str, Syste
     return v
 
 
+#: Names of the config's ``schema:`` (coffea schemas, mapped in :mod:`hepnn.processors`).
+SchemaName = Literal[
+    "nanoaod",
+    "pfnano",
+    "scouting",
+    "base",
+    "physlite",
+    "delphes",
+    "treemaker",
+    "edm4hep",
+    "fcc",
+    "pdune",
+]
+
+
 class Config(_Strict):
     """The validated content of one ``configs/*.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, serialize_by_alias=True)
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     workflow: str = Field(..., description="workflow name, entry point or path.py:Class")
@@ -208,6 +225,11 @@ class Config(_Strict):
     plots: PlotConfig = PlotConfig()
     systematics: dict[str, SystematicConfig] | None = Field(
         None, description="input variations propagated through the networks (off unless configured)"
+    )
+    schema_: SchemaName | None = Field(
+        None,
+        alias="schema",
+        description="coffea schema of a processor that names none (hepnn.processors)",
     )
     _source: Path | None = PrivateAttr(default=None)
 

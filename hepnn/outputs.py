@@ -193,3 +193,32 @@ def start_outdir(outdir: Path, manifest: str) -> None:
     """Create ``outdir`` and remove an old ``manifest`` so a failed run never looks complete."""
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / manifest).unlink(missing_ok=True)
+
+
+def write_other_outputs(outdir: Path, output: Any) -> list[Path]:
+    """Keep what a processor returned besides histograms: ``outputs.pkl`` and ``cutflow.json``.
+
+    ``outputs.pkl`` is the whole postprocessed output (histograms included), pickled
+    (with cloudpickle when plain pickle cannot, e.g. for a ``defaultdict(lambda: ...)``),
+    loadable with ``pickle`` and the packages of its objects (``coffea``, ``hist``,
+    ``cloudpickle`` in that case); ``cutflow.json`` holds its numbers (cutflow dicts,
+    counters, ``value_accumulator`` values) in the output's own nesting
+    (:func:`hepnn.processors.numbers_of`), written only when there are any.
+    Returns the files written.
+    """
+    from hepnn.files import write_json
+    from hepnn.processors import numbers_of
+
+    try:
+        blob = pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        import cloudpickle  # e.g. a defaultdict(lambda: ...): the function is pickled by value
+
+        blob = cloudpickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL)
+    written = [outdir / "outputs.pkl"]
+    atomic_write(written[0], lambda fh: fh.write(blob))
+    numbers = numbers_of(output)
+    if numbers is not None:
+        write_json(outdir / "cutflow.json", numbers)
+        written.append(outdir / "cutflow.json")
+    return written

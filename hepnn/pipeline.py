@@ -84,6 +84,8 @@ class Run:
     #: ``lumi`` runs: the scaled histograms and ``normalisation.json`` (:mod:`hepnn.normalisation`)
     normalised: dict[str, Any] = field(default_factory=dict)
     normalisation: dict[str, Any] = field(default_factory=dict)
+    #: The whole postprocessed output when it holds more than histograms (``outputs.pkl``).
+    other_outputs: Any = None
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     #: Wall seconds of every stage run so far, by stage name.
@@ -146,6 +148,13 @@ def rank_networks(run: Run) -> None:
 def process_events(run: Run) -> None:
     """Run the workflow over every chunk (checkpointed, retried, merged in a fixed order)."""
     from hepnn.execution import ChunkCheckpoints, run_fingerprint, run_workflow
+    from hepnn.processors import (
+        hepnn_columns,
+        make_processor,
+        postprocess_output,
+        resolve_schema,
+        split_output,
+    )
 
     cfg, found = run.cfg, run.found
     assert found is not None
@@ -164,11 +173,8 @@ def process_events(run: Run) -> None:
         ensembles={n: [str(q) for q in p.members] for n, p in run.networks.items() if p.members},
         systematics=systematics_context(cfg, run.datasets),
     )
-    schema = getattr(found.cls, "schema", None)
-    if schema is None:
-        from coffea.nanoevents import NanoAODSchema
-
-        schema = NanoAODSchema
+    schema, _ = resolve_schema(found.cls, cfg.schema_)
+    processor = make_processor(found.cls, context, found.origin)
     models = {**context.models}
     models |= {f"{n}[{i}]": q for n, ps in context.ensembles.items() for i, q in enumerate(ps)}
     fingerprint = run_fingerprint(
@@ -176,11 +182,13 @@ def process_events(run: Run) -> None:
     )
     run.checkpoints = ChunkCheckpoints(run.outdir, fingerprint, resume=run.resume)
     run.result = run_workflow(
-        found.cls(context), schema, run.datasets, cfg.executor,
+        processor, schema, run.datasets, cfg.executor,
         maxchunks=2 if run.test else None, status=run.progress, checkpoints=run.checkpoints,
     )  # fmt: skip
-    run.hists = dict(run.result.output)
-    run.columns = run.hists.pop("columns", {})
+    output = postprocess_output(processor, run.result.output)  # once, on the merged output
+    run.columns = hepnn_columns(output)
+    run.hists, other = split_output(output)
+    run.other_outputs = output if other else None
 
 
 def write_columns(run: Run) -> None:
@@ -286,6 +294,10 @@ def write_results(run: Run) -> None:
     if run.cfg.outputs.hists_root:
         write_root(out / "hists.root", run.hists, run.root_extra)
         run.files.append(out / "hists.root")
+    if run.other_outputs is not None:
+        from hepnn.outputs import write_other_outputs
+
+        run.files += write_other_outputs(out, run.other_outputs)
 
 
 def draw_plots(run: Run) -> None:

@@ -9,6 +9,12 @@ every histogram is bitwise identical for any chunk size (a multiple of the block
 any executor, any worker count and any completion order. Sibling nodes are merged as
 soon as both have arrived (:class:`TreeMerger`), so memory stays flat however many
 chunks a run has. See docs/architecture.md.
+
+Two block outputs are added with coffea's own :func:`coffea.processor.accumulate`
+(left + right, never in place on an input), so anything coffea can add merges here:
+nested dicts, ``hist.Hist``, cutflow ``defaultdict(int)`` s, ``column_accumulator``
+(concatenated in block order, i.e. the file's event order), ``value_accumulator``,
+sets, numbers, numpy arrays, lists (concatenated).
 """
 
 from __future__ import annotations

@@ -157,17 +157,36 @@ def _events_and_process(
         **meta.get(chunk.dataset, {}),
     }
     with uproot.open({chunk.filename: None}, timeout=60) as file:
-        events = NanoEventsFactory.from_root(
-            file=file,
-            treepath=chunk.treename,
-            schemaclass=schema,
-            metadata=metadata,
-            access_log=accessed,
-            mode="virtual",
-            entry_start=chunk.entrystart,
-            entry_stop=chunk.entrystop,
-        ).events()
+        try:
+            events = NanoEventsFactory.from_root(
+                file=file,
+                treepath=chunk.treename,
+                schemaclass=schema,
+                metadata=metadata,
+                access_log=accessed,
+                mode="virtual",
+                entry_start=chunk.entrystart,
+                entry_stop=chunk.entrystop,
+            ).events()
+        except Exception as err:
+            if _is_read_error(err):
+                raise
+            raise SchemaError(schema_failure(schema, chunk.treename, err)) from err
         return wrapped.process(events)
+
+
+class SchemaError(Exception):
+    """The events of a chunk cannot be built with the chosen coffea schema (not retried)."""
+
+
+def schema_failure(schema: type, treename: str, err: BaseException) -> str:
+    """One line: the tree cannot be read with ``schema``, why, and how to choose another."""
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+    return (
+        f"tree {treename!r} cannot be read with {getattr(schema, '__name__', schema)} "
+        f"({type(err).__name__}: {first[:160]}); give the processor a schema attribute or set "
+        "schema: in the config (nanoaod, pfnano, base, physlite, delphes, treemaker, ...)"
+    )
 
 
 def _exception_chain(err: BaseException) -> list[BaseException]:

@@ -45,6 +45,7 @@ from hepnn.files import sha256_bytes
 from hepnn.jets.batch import JetBatch
 from hepnn.models.forward import INFERENCE_THREADS, inference_lock, padded_apply, torch_threads
 from hepnn.nets.inputs import ImageBuilder, make_builder
+from hepnn.nets.lazy import is_dask_awkward, lazy_jet_scores, lazy_network_score
 from hepnn.nets.spec import ImageInputs
 from hepnn.nets.split import route
 from hepnn.nets.store import LoadedNetwork, load_from_json, model_json_path, parse_model_json
@@ -329,8 +330,14 @@ def network_score(
     Returns
     -------
     numpy.ndarray
-        float32, one score per event.
+        float32, one score per event; a lazy dask-awkward array of the same bits when
+        ``columns_or_events`` is dask-awkward (:mod:`hepnn.nets.lazy`).
     """
+    if is_dask_awkward(columns_or_events):
+        if event_ids is not None:
+            msg = "lazy events: event_ids= is not supported; add the ids to the events as a field"
+            raise ModelError(msg)
+        return lazy_network_score(model_path, columns_or_events, batch_size=batch_size, output=output)
     loaded, source = _flat(model_path, columns_or_events)
     return apply_network(loaded, source, event_ids=event_ids, batch_size=batch_size, output=output)
 
@@ -354,8 +361,15 @@ def jet_scores(
     """A jet network's score of every jet of ``batch`` (NaN for jets without constituents).
 
     ``batch`` comes from :func:`hepnn.jets.batch.fatjet_batch` (NanoEvents) or
-    :meth:`hepnn.jets.batch.JetBatch.from_arrays` (any awkward constituents).
+    :meth:`hepnn.jets.batch.JetBatch.from_arrays` (any awkward constituents). Given
+    dask-awkward *events* instead, the result is lazy: one list of FatJet scores per
+    event (:func:`hepnn.nets.lazy.lazy_jet_scores`), the same bits.
     """
+    if is_dask_awkward(batch):
+        if event_ids is not None:
+            msg = "lazy events: event_ids= is not supported; the k-fold id column is read from the events"
+            raise ModelError(msg)
+        return lazy_jet_scores(model_path, batch, batch_size=batch_size, output=output)
     loaded = _jet_network(model_path)
     return apply_network(loaded, batch, event_ids=event_ids, batch_size=batch_size, output=output)
 
