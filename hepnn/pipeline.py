@@ -80,6 +80,8 @@ class Run:
     root_extra: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: Networks not ranked, with the reason (no events).
+    ranking_skipped: dict[str, str] = field(default_factory=dict)
     #: Wall seconds of every stage run so far, by stage name.
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -102,7 +104,10 @@ def resolve_inputs(run: Run) -> None:
     """Start the output folder (no manifest), resolve the samples, find the workflow."""
     from hepnn.outputs import start_outdir
 
-    start_outdir(run.outdir, MANIFEST)
+    keep = (run.models_dir,) if run.models_dir is not None else ()
+    unknown = start_outdir(run.outdir, MANIFEST, resume=run.resume, keep=keep)
+    if unknown and run.console is not None:
+        run.console.print(f"[yellow]left in {run.outdir} (not written by hepnn):[/] {', '.join(unknown)}")
     run.datasets, run.found = prepare(run.cfg, progress=run.progress)
     if run.console is not None:
         _print_start(run)
@@ -115,10 +120,25 @@ def prepare_networks(run: Run) -> None:
     from hepnn.nets.data import DataReader
     from hepnn.nets.lifecycle import prepare_networks as prepare_all
 
-    run.reader = DataReader(run.datasets)
+    run.reader = DataReader(run.datasets, skip_bad_files=run.cfg.executor.skip_bad_files)
     run.networks = prepare_all(
         run.cfg, run.reader, run.outdir, run.models_dir, test=run.test, progress=run.progress
     )
+    _check_model_features(run)
+
+
+def _check_model_features(run: Run) -> None:
+    """Flat networks from ``--models``: their features are branches of the data (exit 2, not 3)."""
+    from hepnn.nets.apply import get_network
+    from hepnn.nets.data import check_features
+    from hepnn.nets.store import MODEL_JSON
+
+    for net in run.networks.values():
+        if net.trained or net.spec.kind != "flat":
+            continue
+        names = [d for d in (net.spec.datasets or run.datasets) if d in run.datasets]
+        for path in [net.path, *net.members[1:]]:
+            check_features(run.datasets, names, get_network(path).features, Path(path) / MODEL_JSON)
 
 
 def rank_networks(run: Run) -> None:
@@ -131,6 +151,9 @@ def rank_networks(run: Run) -> None:
     for name, net in run.networks.items():
         if net.spec.train:
             data = run.reader.training_data(name, net.spec)
+            if len(data) == 0:  # e.g. a zero-entry tree with --models: nothing to rank
+                run.ranking_skipped[name] = "no events"
+                continue
             run.files += write_network_ranking(
                 name, get_network(net.path), data, run.cfg.taylor, run.outdir,
                 seed=run.cfg.seed, formats=run.formats, progress=run.progress,
@@ -268,13 +291,18 @@ def finish(run: Run) -> None:
         ),
         "n_chunks": result.n_chunks,
         "executor_used": result.executor_info,
-        "checkpoints": {"resume": run.resume, "chunks_reused": result.chunks_reused},
+        "checkpoints": {
+            "resume": run.resume, "chunks_reused": result.chunks_reused,
+            "damaged": len(run.checkpoints.damaged) if run.checkpoints is not None else 0,
+        },
         "networks": {
             n: {"path": str(p.path), "kind": p.spec.kind, "trained": p.trained}
             for n, p in run.networks.items()
         },
         "complete": all(acc["complete"] for acc in datasets.values()),
         "retries": result.retries,
+        "training_rows_skipped": run.reader.skipped if run.reader is not None else [],
+        "ranking_skipped": dict(run.ranking_skipped),
         "datasets": datasets,
     }
     run.manifest = write_manifest(run.outdir, manifest, run.started.timestamp() - 1)
@@ -336,10 +364,15 @@ def run_config(
         cfg, Path(outdir) if outdir is not None else default_outdir(cfg), test=test,
         progress=progress, console=console, resume=resume, models_dir=models_dir,
     )  # fmt: skip
-    for stage in STAGES:
-        start = time.perf_counter()
-        stage(run)
-        run.seconds[stage.__name__] = round(time.perf_counter() - start, 3)
+    from hepnn.lock import OutputLock
+    from hepnn.paths import write_fence
+
+    # one run per folder, every write inside it or the conversion cache (hepnn.lock, hepnn.paths)
+    with OutputLock(run.outdir), write_fence(run.outdir, cache_dir()):
+        for stage in STAGES:
+            start = time.perf_counter()
+            stage(run)
+            run.seconds[stage.__name__] = round(time.perf_counter() - start, 3)
     return run
 
 
@@ -388,6 +421,13 @@ def _print_end(run: Run) -> None:
     assert run.result is not None
     if run.result.chunks_reused:
         console.print(f"reused {run.result.chunks_reused} chunk(s) from checkpoints (--resume)")
+    if manifest["checkpoints"]["damaged"]:
+        n = manifest["checkpoints"]["damaged"]
+        console.print(f"[yellow]{n} damaged checkpoint(s) recomputed[/] (sha256 mismatch; not used)")
+    for skip in manifest["training_rows_skipped"]:
+        console.print(f"[yellow]skipped training rows[/]: {skip['reason']}")
+    for name, why in run.ranking_skipped.items():
+        console.print(f"[yellow]ranking of {name} skipped[/]: {why}")
     times = ", ".join(f"{name} {sec:.1f} s" for name, sec in run.seconds.items() if sec >= 0.05)
     console.print(f"time by stage: {times}")
     if manifest["events_per_second"] is not None:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hepnn.config import format_validation_error, read_yaml
 from hepnn.errors import ConfigError, InputError
+from hepnn.paths import check_name
 
 Format = Literal["root", "higgs-csv", "part-npy", "toy-gauss"]
 
@@ -97,6 +98,7 @@ def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
         raise ConfigError(format_validation_error(err, str(path))) from None
     base = path.resolve().parent
     for name, ds in spec.datasets.items():
+        check_name(name, f"{path}: datasets")  # it names columns/<dataset>.parquet
         if ds.format == "toy-gauss":
             if ds.files:
                 msg = (

@@ -34,6 +34,7 @@ from hepnn.models import build
 from hepnn.nets.inputs import InputBuilder, load_builder
 from hepnn.nets.spec import SplitSpec
 from hepnn.nets.split import as_split
+from hepnn.paths import inside
 
 if TYPE_CHECKING:
     from hepnn.nets.data import TrainingData
@@ -230,6 +231,9 @@ def load_from_json(json_path: Path, raw: bytes) -> LoadedNetwork:
     models, builders = [], []
     for entry in meta["models"]:
         pt = json_path.parent / entry["file"]
+        if not inside(json_path.parent, pt):  # a symbolic link out of the folder
+            msg = f"{json_path}: models.file {entry['file']!r} resolves outside the model folder"
+            raise ModelError(msg)
         state = read_weights(pt, entry["sha256"])
         try:
             builder = load_builder(meta["inputs"], entry["inputs"])
