@@ -168,6 +168,16 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _prune_empty(folder: Path, outdir: Path) -> None:
+    """Remove ``folder`` and its parents up to ``outdir`` while they are empty."""
+    while folder != outdir and inside(outdir, folder):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def clear_previous_run(
     outdir: Path, *, resume: bool = False, keep: Iterable[Path] = ()
 ) -> list[str]:
@@ -213,6 +223,9 @@ def clear_previous_run(
         for p in _listed_outputs(outdir):
             if p.is_file() and not kept(p):
                 p.unlink(missing_ok=True)
+                _prune_empty(p.parent, outdir)
+        entries = sorted(p.name for p in outdir.iterdir())
+        unknown = [n for n in entries if not _is_known(n) and n not in MARKERS]
         for name in entries:
             p = outdir / name
             if (_is_known(name) or (name == CHECKPOINTS and not resume)) and not kept(p):

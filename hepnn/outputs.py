@@ -127,5 +127,6 @@ def start_outdir(
     from hepnn.lock import clear_previous_run
 
     outdir.mkdir(parents=True, exist_ok=True)
+    left = clear_previous_run(outdir, resume=resume, keep=keep)  # reads the old manifest first
     (outdir / manifest).unlink(missing_ok=True)
-    return clear_previous_run(outdir, resume=resume, keep=keep)
+    return left

@@ -80,6 +80,8 @@ class Run:
     root_extra: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: Names in the output folder that hepnn did not write (left alone, not in the manifest).
+    left_alone: list[str] = field(default_factory=list)
     #: Networks not ranked, with the reason (no events).
     ranking_skipped: dict[str, str] = field(default_factory=dict)
     #: Wall seconds of every stage run so far, by stage name.
@@ -105,9 +107,9 @@ def resolve_inputs(run: Run) -> None:
     from hepnn.outputs import start_outdir
 
     keep = (run.models_dir,) if run.models_dir is not None else ()
-    unknown = start_outdir(run.outdir, MANIFEST, resume=run.resume, keep=keep)
-    if unknown and run.console is not None:
-        run.console.print(f"[yellow]left in {run.outdir} (not written by hepnn):[/] {', '.join(unknown)}")
+    run.left_alone = start_outdir(run.outdir, MANIFEST, resume=run.resume, keep=keep)
+    if run.left_alone and run.console is not None:
+        run.console.print(f"[yellow]left in {run.outdir} (not written by hepnn):[/] {', '.join(run.left_alone)}")
     run.datasets, run.found = prepare(run.cfg, progress=run.progress)
     if run.console is not None:
         _print_start(run)
@@ -305,7 +307,9 @@ def finish(run: Run) -> None:
         "ranking_skipped": dict(run.ranking_skipped),
         "datasets": datasets,
     }
-    run.manifest = write_manifest(run.outdir, manifest, run.started.timestamp() - 1)
+    run.manifest = write_manifest(
+        run.outdir, manifest, run.started.timestamp() - 1, exclude=tuple(run.left_alone)
+    )
     run.files.append(run.outdir / MANIFEST)
     if run.manifest["complete"] and run.checkpoints is not None:
         run.checkpoints.clear()  # kept otherwise: --resume then retries only the skipped chunks
