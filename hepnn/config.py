@@ -205,7 +205,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
 def format_validation_error(err: ValidationError, source: str) -> str:
     """The first error of a pydantic validation as one line, prefixed with ``source``."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {loc!r}"
     if first["type"] == "missing":
@@ -240,7 +240,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        msg = f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}"
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        msg = f"{path}:{where} invalid YAML: {problem}"
         raise ConfigError(msg) from None
     if not isinstance(data, dict):
         msg = f"{path}: expected a mapping at the top level, got {type(data).__name__}"

@@ -25,10 +25,10 @@ manifest. :func:`clear_previous_run` removes, before anything is written:
   only those of the same fingerprint).
 
 ``models/`` is kept when ``--models`` points into it. It never deletes anything
-else: a folder that is not empty and has no trace of hepnn (no lock file, manifest,
-checkpoints or resolved config) and holds a name hepnn does not write is refused
-with exit status 2 (so ``-o ~`` or ``-o .`` in a source tree cannot delete your
-files); in a hepnn folder, unknown files are left alone and reported.
+else: other files are left alone and reported (and not listed in the new manifest).
+A folder with no trace of hepnn (no lock file, manifest, checkpoints or resolved
+config) that holds one of hepnn's names — a project's own ``models/`` or ``plots/``
+under ``-o .`` — is refused with exit status 2 and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ KNOWN_OUTPUTS = frozenset(
     }
 )  # fmt: skip
 #: Names whose presence shows that a folder is a hepnn output folder.
-MARKERS = ("manifest.json", LOCK_FILE, ".checkpoints", "config.resolved.yaml")
+#: (The lock file counts too, when it was there before this run took it: OutputLock.found.)
+MARKERS = ("manifest.json", ".checkpoints", "config.resolved.yaml")
 CHECKPOINTS = ".checkpoints"
 
 
@@ -81,6 +82,8 @@ class OutputLock:
     def __init__(self, outdir: Path) -> None:
         self.outdir = Path(outdir)
         self.path = self.outdir / LOCK_FILE
+        #: the lock file was there before we took it: an earlier hepnn run used the folder
+        self.found = False
         self._fd: int | None = None
 
     def holder(self) -> str:
@@ -95,6 +98,7 @@ class OutputLock:
         """Take the lock (non-blocking); write our pid, host and start time into it."""
         try:
             self.outdir.mkdir(parents=True, exist_ok=True)
+            self.found = self.path.is_file()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise _os_error(self.outdir, err) from None
@@ -179,7 +183,7 @@ def _prune_empty(folder: Path, outdir: Path) -> None:
 
 
 def clear_previous_run(
-    outdir: Path, *, resume: bool = False, keep: Iterable[Path] = ()
+    outdir: Path, *, resume: bool = False, keep: Iterable[Path] = (), hepnn_folder: bool = False
 ) -> list[str]:
     """Remove what an earlier run wrote into ``outdir`` (see the module docstring).
 
@@ -191,6 +195,9 @@ def clear_previous_run(
         Keep ``.checkpoints/`` (``--resume``).
     keep
         Paths never removed, nor anything containing them (e.g. ``--models`` inside ``OUT``).
+    hepnn_folder
+        An earlier hepnn run is known to have used ``outdir`` (:attr:`OutputLock.found`);
+        otherwise a manifest, checkpoints or a resolved config must show it.
 
     Returns
     -------
@@ -200,7 +207,7 @@ def clear_previous_run(
     Raises
     ------
     OutputError
-        ``outdir`` holds files hepnn did not write and no trace of a hepnn run.
+        ``outdir`` holds one of hepnn's names but no trace of a hepnn run.
     """
     outdir = Path(outdir)
     keep = [Path(k) for k in keep]
@@ -208,11 +215,12 @@ def clear_previous_run(
         entries = sorted(p.name for p in outdir.iterdir())
     except OSError as err:
         raise _os_error(outdir, err) from None
-    unknown = [n for n in entries if not _is_known(n) and n not in MARKERS]
-    if unknown and not any(m in entries for m in MARKERS):
+    unknown = [n for n in entries if not _is_known(n) and n not in (*MARKERS, LOCK_FILE)]
+    ours = [n for n in entries if _is_known(n)]
+    if ours and not hepnn_folder and not any(m in entries for m in MARKERS):
         msg = (
-            f"{outdir}: not empty and not a hepnn output folder (found {unknown[0]!r}); "
-            "choose an empty or new folder with -o"
+            f"{outdir}: holds {ours[0]!r} but is not a hepnn output folder (no lock, manifest or "
+            "checkpoints): not deleting it; choose an empty or new folder with -o"
         )
         raise OutputError(msg)
 
@@ -220,12 +228,14 @@ def clear_previous_run(
         return any(inside(p, k) or inside(k, p) for k in keep)
 
     try:
-        for p in _listed_outputs(outdir):
+        listed = _listed_outputs(outdir)
+        (outdir / "manifest.json").unlink(missing_ok=True)  # first: never a manifest without its files
+        for p in listed:
             if p.is_file() and not kept(p):
                 p.unlink(missing_ok=True)
                 _prune_empty(p.parent, outdir)
         entries = sorted(p.name for p in outdir.iterdir())
-        unknown = [n for n in entries if not _is_known(n) and n not in MARKERS]
+        unknown = [n for n in entries if not _is_known(n) and n not in (*MARKERS, LOCK_FILE)]
         for name in entries:
             p = outdir / name
             if (_is_known(name) or (name == CHECKPOINTS and not resume)) and not kept(p):

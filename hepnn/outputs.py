@@ -115,18 +115,19 @@ def write_root(
 
 
 def start_outdir(
-    outdir: Path, manifest: str, *, resume: bool = False, keep: tuple[Path, ...] = ()
+    outdir: Path, manifest: str, *, resume: bool = False, keep: tuple[Path, ...] = (),
+    hepnn_folder: bool = False,
 ) -> list[str]:
     """Create ``outdir``, remove an old ``manifest`` and every output of an earlier run.
 
     So a failed run never looks complete and no file of another run survives beside
     the new manifest (:func:`hepnn.lock.clear_previous_run`: ``resume`` keeps the
-    checkpoints, ``keep`` the ``--models`` folder). Returns the names left alone
-    because hepnn did not write them.
+    checkpoints, ``keep`` the ``--models`` folder, ``hepnn_folder`` says an earlier run's
+    lock file was found). Returns the names left alone because hepnn did not write them.
     """
     from hepnn.lock import clear_previous_run
 
     outdir.mkdir(parents=True, exist_ok=True)
-    left = clear_previous_run(outdir, resume=resume, keep=keep)  # reads the old manifest first
+    left = clear_previous_run(outdir, resume=resume, keep=keep, hepnn_folder=hepnn_folder)  # reads the old manifest first
     (outdir / manifest).unlink(missing_ok=True)
     return left

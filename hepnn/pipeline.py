@@ -80,6 +80,8 @@ class Run:
     root_extra: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: An earlier run's lock file was in the output folder (hepnn.lock.OutputLock.found).
+    lock_found: bool = False
     #: Names in the output folder that hepnn did not write (left alone, not in the manifest).
     left_alone: list[str] = field(default_factory=list)
     #: Networks not ranked, with the reason (no events).
@@ -107,7 +109,9 @@ def resolve_inputs(run: Run) -> None:
     from hepnn.outputs import start_outdir
 
     keep = (run.models_dir,) if run.models_dir is not None else ()
-    run.left_alone = start_outdir(run.outdir, MANIFEST, resume=run.resume, keep=keep)
+    run.left_alone = start_outdir(
+        run.outdir, MANIFEST, resume=run.resume, keep=keep, hepnn_folder=run.lock_found
+    )
     if run.left_alone and run.console is not None:
         run.console.print(f"[yellow]left in {run.outdir} (not written by hepnn):[/] {', '.join(run.left_alone)}")
     run.datasets, run.found = prepare(run.cfg, progress=run.progress)
@@ -372,7 +376,8 @@ def run_config(
     from hepnn.paths import write_fence
 
     # one run per folder, every write inside it or the conversion cache (hepnn.lock, hepnn.paths)
-    with OutputLock(run.outdir), write_fence(run.outdir, cache_dir()):
+    with OutputLock(run.outdir) as lock, write_fence(run.outdir, cache_dir()):
+        run.lock_found = lock.found
         for stage in STAGES:
             start = time.perf_counter()
             stage(run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -249,11 +250,17 @@ def test_foreign_non_empty_folder_is_refused(tmp_path: Path) -> None:
     (out / "src").mkdir(parents=True)
     (out / "src" / "analysis.py").write_text("precious")
     (out / "plots").mkdir()
+    (out / "plots" / "figure1.pdf").write_text("precious too")
     line = error_line(hepnn_run(write_config(tmp_path), out))
-    assert f"{out}: not empty and not a hepnn output folder (found 'src')" in line
+    assert f"{out}: holds 'plots' but is not a hepnn output folder" in line
     assert (out / "src" / "analysis.py").read_text() == "precious"
-    assert (out / "plots").is_dir()
+    assert (out / "plots" / "figure1.pdf").read_text() == "precious too"
     assert not (out / "manifest.json").exists()
+    shutil.rmtree(out / "plots")  # only foreign files: the run goes ahead and leaves them
+    res = hepnn_run(write_config(tmp_path), out)
+    assert res.exit_code == 0, res.output
+    assert (out / "src" / "analysis.py").read_text() == "precious"
+    assert "src/analysis.py" not in manifest(out)["outputs"]
 
 
 def test_clearing_keeps_checkpoints_on_resume_and_the_models_given(tmp_path: Path) -> None:
@@ -269,9 +276,15 @@ def test_clearing_keeps_checkpoints_on_resume_and_the_models_given(tmp_path: Pat
     assert not (out / "manifest.json").exists()
     clear_previous_run(out)
     assert sorted(p.name for p in out.iterdir()) == []
-    (out / "thesis.tex").write_text("x")  # an empty folder with a foreign file: not ours
-    with pytest.raises(OutputError, match="not a hepnn output folder"):
+    (out / "thesis.tex").write_text("x")
+    assert clear_previous_run(out) == ["thesis.tex"]  # never deleted, only reported
+    (out / "models").mkdir()  # a project's own models/ without a trace of hepnn
+    with pytest.raises(OutputError, match="holds 'models' but is not a hepnn output folder"):
         clear_previous_run(out)
+    assert (out / "models").is_dir()
+    # ... unless an earlier run's lock file was found (e.g. Ctrl-C while training)
+    assert clear_previous_run(out, hepnn_folder=True) == ["thesis.tex"]
+    assert not (out / "models").exists()
 
 
 # --------------------------------------------------------------------------- checkpoints
