@@ -433,6 +433,8 @@ def _print_end(run: Run) -> None:
     if manifest["checkpoints"]["damaged"]:
         n = manifest["checkpoints"]["damaged"]
         console.print(f"[yellow]{n} damaged checkpoint(s) recomputed[/] (sha256 mismatch; not used)")
+    for retry in manifest["retries"]:
+        console.print(f"[yellow]retried[/] {retry}")
     for skip in manifest["training_rows_skipped"]:
         console.print(f"[yellow]skipped training rows[/]: {skip['reason']}")
     for name, why in run.ranking_skipped.items():

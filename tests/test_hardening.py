@@ -144,6 +144,7 @@ def test_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     assert LOCK_FILE not in manifest(out)["outputs"]
 
 
+@pytest.mark.slow  # ~35 s on two shared cores: a second interpreter and a slowed-down run
 def test_two_concurrent_runs_one_refuses(tmp_path: Path, reference: bytes) -> None:
     """Run A (slowed down, its own process) holds the folder; run B (another seed) is refused."""
     config, out, marks = write_config(tmp_path), tmp_path / "out", tmp_path / "marks"

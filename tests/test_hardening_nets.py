@@ -75,6 +75,7 @@ def truncated(tmp_path: Path, higgs_converted: object, monkeypatch: pytest.Monke
     return samples_yaml(tmp_path, "root", cut)
 
 
+@pytest.mark.slow  # trains a network (~20 s on two shared cores)
 def test_truncated_file_read_for_training_names_the_entry_range(tmp_path: Path, truncated: Path) -> None:
     out = tmp_path / "out"
     line = error_line(hepnn_run(write_config(tmp_path, truncated), out), status=3)
@@ -86,6 +87,7 @@ def test_truncated_file_read_for_training_names_the_entry_range(tmp_path: Path, 
     assert not (out / "manifest.json").exists()
 
 
+@pytest.mark.slow  # trains a network (~20 s on two shared cores)
 def test_truncated_file_read_for_training_is_skipped_and_counted(tmp_path: Path, truncated: Path) -> None:
     out = tmp_path / "out"
     res = hepnn_run(write_config(tmp_path, truncated, skip_bad_files=True), out)
@@ -122,6 +124,7 @@ def test_zero_entry_tree_with_a_trained_model_and_taylor(tmp_path: Path, empty_s
     assert not (out / "ranking").exists()
 
 
+@pytest.mark.slow  # trains a network (~20 s on two shared cores)
 def test_negative_weights_in_shipped_events_exit_0(tmp_path: Path) -> None:
     """A quarter of the shipped Higgs events with their weight negated (as NLO simulation has).
 
