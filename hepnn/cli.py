@@ -6,6 +6,7 @@ Bad input ends with ``error: <one line>`` and a non-zero exit status; add
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -21,6 +22,29 @@ from hepnn.errors import HepnnError
 console = Console(stderr=True)
 
 EXIT_INPUT = 2
+#: Exit status of an exception hepnn did not expect: a bug.
+EXIT_BUG = 1
+#: OSErrors caused by the machine (permissions, read-only or full file systems): exit 2.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
+)
+#: Where to report a bug.
+BUG_REPORT = "the hepnn issue tracker (with the output of `hepnn --debug ...`)"
+
+
+def _bug(err: BaseException) -> None:
+    """One line saying that an unexpected exception is a bug in hepnn, and exit 1."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    place = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
+    text = " ".join(str(err).split())[:300]
+    click.echo(
+        f"error: bug in hepnn {__version__}: {type(err).__name__}{place}: {text} — please report it "
+        f"to {BUG_REPORT}; rerun with --debug for the traceback",
+        err=True,
+    )
+    sys.exit(EXIT_BUG)
 
 
 def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,15 +61,19 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except OSError as err:
+            if debug:
+                raise
+            if err.errno not in _ENVIRONMENT_ERRNOS:
+                _bug(err)
+            # the machine, not hepnn: a read-only folder, a full disk, no permission
+            where = err.filename or "output"
+            click.echo(f"error: {where}: {err.strerror or err}", err=True)
+            sys.exit(EXIT_INPUT)
         except Exception as err:
             if debug:
                 raise
-            text = " ".join(str(err).split())[:400]
-            click.echo(
-                f"error: {type(err).__name__}: {text} (rerun with --debug for the traceback)",
-                err=True,
-            )
-            sys.exit(1)
+            _bug(err)
 
     return wrapper
 
@@ -198,7 +226,11 @@ def rank(
     run.datasets = resolve_samples(load_samples(cfg.samples), cache_dir())
     run.reader = DataReader(run.datasets)
     run.networks = prepare_networks(cfg, run.reader, out, mdir)
-    rank_networks(run)
+    from hepnn.lock import OutputLock
+    from hepnn.paths import write_fence
+
+    with OutputLock(out), write_fence(out):  # not while a run writes into the same folder
+        rank_networks(run)
     for f in run.files:
         if f.suffix == ".md":
             click.echo(f.read_text(encoding="utf-8"))
@@ -240,13 +272,22 @@ def inspect(path: str) -> None:
 def validate(config: str, sets: tuple[str, ...]) -> None:
     """Check CONFIG, its samples and its workflow without processing anything."""
     from hepnn.config import config_hash, config_source
+    from hepnn.errors import ConfigError
     from hepnn.normalisation import check_metadata
-    from hepnn.samples import load_samples
+    from hepnn.pipeline import cache_dir
+    from hepnn.samples import load_samples, resolve_samples
     from hepnn.workflow import find_workflow
 
+    # the same validators as `run`: config values, dataset names, every input opened
     cfg = _load(config, sets)
     specs = load_samples(cfg.samples)
     check_metadata({n: s.metadata for n, s in specs.items()}, cfg.lumi, str(cfg.samples))
+    for name, spec in cfg.networks.items():
+        for ds in spec.datasets or []:
+            if ds not in specs:
+                msg = f"{config}: networks.{name}.datasets: unknown dataset {ds!r} (known: {', '.join(specs)})"
+                raise ConfigError(msg)
+    datasets = resolve_samples(specs, cache_dir(), skip_bad_files=cfg.executor.skip_bad_files)
     src = config_source(cfg)
     found = find_workflow(cfg.workflow, src.parent if src else None)
     from hepnn.processors import make_processor, resolve_schema
@@ -254,9 +295,13 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 
     resolve_schema(found.cls, cfg.schema_)
     make_processor(found.cls, WorkflowContext(options=dict(cfg.options)), found.origin)
+    entries = sum(d.entries for d in datasets.values())
+    skipped = sum(len(d.skipped_files) for d in datasets.values())
     click.echo(
         f"{config}: ok — workflow {cfg.workflow} ({found.origin}), "
-        f"{len(specs)} dataset(s) in {cfg.samples}, config hash {config_hash(cfg)[:16]}"
+        f"{len(specs)} dataset(s) in {cfg.samples} ({entries} entries"
+        f"{f', {skipped} unreadable file(s) to skip' if skipped else ''}), "
+        f"config hash {config_hash(cfg)[:16]}"
     )
 
 

@@ -27,6 +27,12 @@ from pydantic import (
 from hepnn.errors import ConfigError
 from hepnn.files import sha256_json
 from hepnn.nets.spec import OLD_FORM_HELP, NetworkMap, old_form
+from hepnn.paths import SAFE_NAME_HELP, is_safe_name
+
+#: Upper bound of ``executor.retries``: a broken file must not keep a run busy for ever.
+MAX_RETRIES = 10
+#: Seeds are non-negative and fit in 32 bits (numpy, torch and the split hash take them).
+MAX_SEED = 2**32 - 1
 
 
 class _Strict(BaseModel):
@@ -49,7 +55,9 @@ class ExecutorConfig(_Strict):
         "for every chunksize that is a multiple of it",
     )
     scheduler: str | None = Field(None, description="address of an existing dask scheduler")
-    retries: int = Field(3, ge=0, description="retries of a failed chunk")
+    retries: int = Field(
+        3, ge=0, le=MAX_RETRIES, description=f"retries of a failed chunk (at most {MAX_RETRIES})"
+    )
     skip_bad_files: bool = Field(
         False, description="skip (and record) chunks that cannot be read instead of failing"
     )
@@ -83,7 +91,7 @@ class MCDropoutConfig(_Strict):
     """MC dropout: ``samples`` thinned networks with masks drawn from ``seed``."""
 
     samples: int = Field(50, ge=1)
-    seed: int | None = Field(None, description="default: the config seed")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default: the config seed")
 
 
 class EnsembleConfig(_Strict):
@@ -201,7 +209,7 @@ class Config(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     workflow: str = Field(..., description="workflow name, entry point or path.py:Class")
     samples: Path = Field(..., description="samples YAML, relative to the config file")
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, le=MAX_SEED, description="seed of every random step")
     executor: ExecutorConfig = ExecutorConfig()
     outputs: OutputConfig = OutputConfig()
     options: dict[str, Any] = Field(
@@ -232,6 +240,14 @@ class Config(_Strict):
         description="coffea schema of a processor that names none (hepnn.processors)",
     )
     _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, v: str) -> str:
+        if not is_safe_name(v):  # it names the default output folder outputs/<name>
+            msg = f"must be a safe file name ({SAFE_NAME_HELP})"
+            raise ValueError(msg)
+        return v
 
     @field_validator("workflow")
     @classmethod
@@ -288,7 +304,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
 def format_validation_error(err: ValidationError, source: str) -> str:
     """The first error of a pydantic validation as one line, prefixed with ``source``."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {loc!r}"
     if first["type"] == "missing":
@@ -323,7 +339,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        msg = f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}"
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        msg = f"{path}:{where} invalid YAML: {problem}"
         raise ConfigError(msg) from None
     if not isinstance(data, dict):
         msg = f"{path}: expected a mapping at the top level, got {type(data).__name__}"

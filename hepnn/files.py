@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from hepnn.paths import check_write
+
 #: Bytes read at a time when hashing a file.
 _BLOCK = 1 << 20
 
@@ -35,6 +37,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     and ``path`` is left as it was. This is the one way hepnn writes files.
     """
     path = Path(path)
+    check_write(path)  # inside the run's folders (hepnn.paths.write_fence)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:

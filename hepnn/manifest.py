@@ -38,14 +38,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def run_outputs(outdir: Path, since: float) -> list[Path]:
-    """Every file a run wrote (modified since ``since``; hidden files such as checkpoints excluded)."""
+def run_outputs(outdir: Path, since: float, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """Every file a run wrote (modified since ``since``; hidden files such as checkpoints excluded).
+
+    ``exclude``: top-level names the run left alone because hepnn did not write them.
+    """
     return sorted(
         p
         for p in outdir.rglob("*")
         if p.is_file()
         and p.name != MANIFEST
         and not any(part.startswith(".") for part in p.relative_to(outdir).parts)
+        and p.relative_to(outdir).parts[0] not in exclude
         and p.stat().st_mtime >= since
     )
 
@@ -71,11 +75,11 @@ def dataset_accounting(result: RunResult, datasets: dict[str, Dataset]) -> dict[
     return out
 
 
-def write_manifest(outdir: Path, manifest: dict[str, Any], since: float) -> dict[str, Any]:
+def write_manifest(
+    outdir: Path, manifest: dict[str, Any], since: float, exclude: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Add the sha256 of every output written since ``since`` and write ``manifest.json``."""
-    manifest = {
-        **manifest,
-        "outputs": {str(f.relative_to(outdir)): sha256_file(f) for f in run_outputs(outdir, since)},
-    }
+    files = run_outputs(outdir, since, exclude)
+    manifest = {**manifest, "outputs": {str(f.relative_to(outdir)): sha256_file(f) for f in files}}
     write_json(outdir / MANIFEST, manifest)
     return manifest

@@ -41,9 +41,30 @@ def write_pickle(path: Path, hists: dict[str, hist.Hist]) -> None:
 
 
 def load_hists(path: Path) -> dict[str, hist.Hist]:
-    """Load ``hists.pkl`` (our own output; never unpickle untrusted files)."""
-    with Path(path).open("rb") as fh:
-        return pickle.load(fh)
+    """Load ``hists.pkl`` (our own output; never unpickle untrusted files).
+
+    Raises
+    ------
+    InputError
+        One line when the file is not a pickle of ``dict[str, hist.Hist]``.
+    """
+    from hepnn.errors import InputError
+
+    try:
+        with Path(path).open("rb") as fh:
+            hists = pickle.load(fh)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError, MemoryError) as err:  # fmt: skip
+        msg = f"{path}: not a readable hists.pkl ({type(err).__name__}: {str(err)[:120]})"
+        raise InputError(msg) from None
+    if not isinstance(hists, dict):
+        msg = f"{path}: expected a pickled dict[str, hist.Hist], got {type(hists).__name__}"
+        raise InputError(msg)
+    for name, h in hists.items():
+        if not isinstance(name, str) or not isinstance(h, hist.Hist):
+            msg = f"{path}: entry {name!r}: expected a hist.Hist, got {type(h).__name__}"
+            raise InputError(msg)
+    return hists
 
 
 def _clean(part: str) -> str:
@@ -189,10 +210,23 @@ def write_root(
     return list(objs)
 
 
-def start_outdir(outdir: Path, manifest: str) -> None:
-    """Create ``outdir`` and remove an old ``manifest`` so a failed run never looks complete."""
+def start_outdir(
+    outdir: Path, manifest: str, *, resume: bool = False, keep: tuple[Path, ...] = (),
+    hepnn_folder: bool = False,
+) -> list[str]:
+    """Create ``outdir``, remove an old ``manifest`` and every output of an earlier run.
+
+    So a failed run never looks complete and no file of another run survives beside
+    the new manifest (:func:`hepnn.lock.clear_previous_run`: ``resume`` keeps the
+    checkpoints, ``keep`` the ``--models`` folder, ``hepnn_folder`` says an earlier run's
+    lock file was found). Returns the names left alone because hepnn did not write them.
+    """
+    from hepnn.lock import clear_previous_run
+
     outdir.mkdir(parents=True, exist_ok=True)
+    left = clear_previous_run(outdir, resume=resume, keep=keep, hepnn_folder=hepnn_folder)  # reads the old manifest first
     (outdir / manifest).unlink(missing_ok=True)
+    return left
 
 
 def write_other_outputs(outdir: Path, output: Any) -> list[Path]:

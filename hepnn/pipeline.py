@@ -88,6 +88,12 @@ class Run:
     other_outputs: Any = None
     files: list[Path] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: An earlier run's lock file was in the output folder (hepnn.lock.OutputLock.found).
+    lock_found: bool = False
+    #: Names in the output folder that hepnn did not write (left alone, not in the manifest).
+    left_alone: list[str] = field(default_factory=list)
+    #: Networks not ranked, with the reason (no events).
+    ranking_skipped: dict[str, str] = field(default_factory=dict)
     #: Wall seconds of every stage run so far, by stage name.
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -110,7 +116,12 @@ def resolve_inputs(run: Run) -> None:
     """Start the output folder (no manifest), resolve the samples, find the workflow."""
     from hepnn.outputs import start_outdir
 
-    start_outdir(run.outdir, MANIFEST)
+    keep = (run.models_dir,) if run.models_dir is not None else ()
+    run.left_alone = start_outdir(
+        run.outdir, MANIFEST, resume=run.resume, keep=keep, hepnn_folder=run.lock_found
+    )
+    if run.left_alone and run.console is not None:
+        run.console.print(f"[yellow]left in {run.outdir} (not written by hepnn):[/] {', '.join(run.left_alone)}")
     run.datasets, run.found = prepare(run.cfg, progress=run.progress)
     if run.console is not None:
         _print_start(run)
@@ -123,10 +134,25 @@ def prepare_networks(run: Run) -> None:
     from hepnn.nets.data import DataReader
     from hepnn.nets.lifecycle import prepare_networks as prepare_all
 
-    run.reader = DataReader(run.datasets)
+    run.reader = DataReader(run.datasets, skip_bad_files=run.cfg.executor.skip_bad_files)
     run.networks = prepare_all(
         run.cfg, run.reader, run.outdir, run.models_dir, test=run.test, progress=run.progress
     )
+    _check_model_features(run)
+
+
+def _check_model_features(run: Run) -> None:
+    """Flat networks from ``--models``: their features are branches of the data (exit 2, not 3)."""
+    from hepnn.nets.apply import get_network
+    from hepnn.nets.data import check_features
+    from hepnn.nets.store import MODEL_JSON
+
+    for net in run.networks.values():
+        if net.trained or net.spec.kind != "flat":
+            continue
+        names = [d for d in (net.spec.datasets or run.datasets) if d in run.datasets]
+        for path in [net.path, *net.members[1:]]:
+            check_features(run.datasets, names, get_network(path).features, Path(path) / MODEL_JSON)
 
 
 def rank_networks(run: Run) -> None:
@@ -139,6 +165,9 @@ def rank_networks(run: Run) -> None:
     for name, net in run.networks.items():
         if net.spec.train:
             data = run.reader.training_data(name, net.spec)
+            if len(data) == 0:  # e.g. a zero-entry tree with --models: nothing to rank
+                run.ranking_skipped[name] = "no events"
+                continue
             run.files += write_network_ranking(
                 name, get_network(net.path), data, run.cfg.taylor, run.outdir,
                 seed=run.cfg.seed, formats=run.formats, progress=run.progress,
@@ -339,16 +368,23 @@ def finish(run: Run) -> None:
         ),
         "n_chunks": result.n_chunks,
         "executor_used": result.executor_info,
-        "checkpoints": {"resume": run.resume, "chunks_reused": result.chunks_reused},
+        "checkpoints": {
+            "resume": run.resume, "chunks_reused": result.chunks_reused,
+            "damaged": len(run.checkpoints.damaged) if run.checkpoints is not None else 0,
+        },
         "networks": {
             n: {"path": str(p.path), "kind": p.spec.kind, "trained": p.trained}
             for n, p in run.networks.items()
         },
         "complete": all(acc["complete"] for acc in datasets.values()),
         "retries": result.retries,
+        "training_rows_skipped": run.reader.skipped if run.reader is not None else [],
+        "ranking_skipped": dict(run.ranking_skipped),
         "datasets": datasets,
     }
-    run.manifest = write_manifest(run.outdir, manifest, run.started.timestamp() - 1)
+    run.manifest = write_manifest(
+        run.outdir, manifest, run.started.timestamp() - 1, exclude=tuple(run.left_alone)
+    )
     run.files.append(run.outdir / MANIFEST)
     if run.manifest["complete"] and run.checkpoints is not None:
         run.checkpoints.clear()  # kept otherwise: --resume then retries only the skipped chunks
@@ -409,9 +445,18 @@ def run_config(
         cfg, Path(outdir) if outdir is not None else default_outdir(cfg), test=test,
         progress=progress, console=console, resume=resume, models_dir=models_dir,
     )  # fmt: skip
+    from hepnn.lock import OutputLock
+    from hepnn.paths import write_fence
     from hepnn.plotstyle import plot_style
 
-    with plot_style(cfg.plots.experiment):  # one matplotlib style for every plot of the run
+    # one run per folder, every write inside it or the conversion cache (hepnn.lock,
+    # hepnn.paths); one matplotlib style for every plot of the run (hepnn.plotstyle)
+    with (
+        OutputLock(run.outdir) as lock,
+        write_fence(run.outdir, cache_dir()),
+        plot_style(cfg.plots.experiment),
+    ):
+        run.lock_found = lock.found
         for stage in STAGES:
             start = time.perf_counter()
             stage(run)
@@ -464,6 +509,15 @@ def _print_end(run: Run) -> None:
     assert run.result is not None
     if run.result.chunks_reused:
         console.print(f"reused {run.result.chunks_reused} chunk(s) from checkpoints (--resume)")
+    if manifest["checkpoints"]["damaged"]:
+        n = manifest["checkpoints"]["damaged"]
+        console.print(f"[yellow]{n} damaged checkpoint(s) recomputed[/] (sha256 mismatch; not used)")
+    for retry in manifest["retries"]:
+        console.print(f"[yellow]retried[/] {retry}")
+    for skip in manifest["training_rows_skipped"]:
+        console.print(f"[yellow]skipped training rows[/]: {skip['reason']}")
+    for name, why in run.ranking_skipped.items():
+        console.print(f"[yellow]ranking of {name} skipped[/]: {why}")
     times = ", ".join(f"{name} {sec:.1f} s" for name, sec in run.seconds.items() if sec >= 0.05)
     console.print(f"time by stage: {times}")
     if manifest["events_per_second"] is not None:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from hepnn.config import format_validation_error, read_yaml
 from hepnn.errors import ConfigError, InputError
 from hepnn.io.remote import check_scheme, file_url_path, is_url
+from hepnn.paths import check_name
 
 Format = Literal["root", "higgs-csv", "part-npy", "toy-gauss"]
 
@@ -185,6 +186,7 @@ def load_samples(path: str | Path) -> dict[str, DatasetSpec]:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(path))) from None
     for name, ds in spec.datasets.items():
+        check_name(name, f"{path}: datasets")  # it names columns/<dataset>.parquet
         if ds.format == "toy-gauss":
             if ds.files:
                 msg = (

@@ -95,7 +95,7 @@ def test_resume_after_ctrl_c_is_bitwise_identical(
     res = hepnn_run(config, out, "--resume")
     assert res.exit_code == 0, res.output
     m = manifest(out)
-    assert m["checkpoints"] == {"resume": True, "chunks_reused": 3}
+    assert m["checkpoints"] == {"resume": True, "chunks_reused": 3, "damaged": 0}
     assert m["datasets"]["higgs_challenge"]["entries_processed"] == 18000
     assert (out / "hists.pkl").read_bytes() == reference
     assert not (out / CHECKPOINT_DIR).exists()
@@ -150,7 +150,7 @@ def test_changes_invalidate_checkpoints(
     assert len(checkpoint_files(out)) == 1
     res = hepnn_run(config, out)
     assert res.exit_code == 0, res.output
-    assert manifest(out)["checkpoints"] == {"resume": False, "chunks_reused": 0}
+    assert manifest(out)["checkpoints"] == {"resume": False, "chunks_reused": 0, "damaged": 0}
     assert (out / "hists.pkl").read_bytes() == reference
 
 
@@ -183,7 +183,12 @@ def test_fingerprint_parts(tmp_path: Path) -> None:
     (model.parent / "model.pt").write_bytes(b"other weights")
     assert model_digest(model) != digest
     assert fp() != base
-    assert model_digest(model.parent) == model_digest(model.parent)
+    # a folder hashes its files' names and contents: the same files elsewhere, same digest
+    copy = tmp_path / "copy"
+    shutil.copytree(model.parent, copy)
+    assert model_digest(copy) == model_digest(model.parent)
+    (copy / "extra.txt").write_text("x")
+    assert model_digest(copy) != model_digest(model.parent)
     assert model_digest(tmp_path / "nothing") == "missing"
 
 
@@ -218,10 +223,14 @@ def test_interrupted_run_leaves_no_manifest_nor_partial_pickle(
     assert hepnn_run(config, out).exit_code == 0
     assert (out / "manifest.json").exists()
 
-    # interrupted while processing: the old manifest is gone, the old hists intact
+    # interrupted while processing: the old manifest and the old outputs are gone
+    # (cleared when the run started, hepnn.lock.clear_previous_run)
     interrupt(monkeypatch, config, out, at=2)
     assert not (out / "manifest.json").exists()
+    assert not (out / "hists.pkl").exists()
+    assert hepnn_run(config, out, "--resume").exit_code == 0
     assert (out / "hists.pkl").read_bytes() == reference
+    interrupt(monkeypatch, config, out, at=2)
 
     # interrupted while writing hists.pkl: nothing half-written under the final name
     import hepnn.outputs
@@ -239,5 +248,5 @@ def test_interrupted_run_leaves_no_manifest_nor_partial_pickle(
     res = hepnn_run(config, out, "--resume")
     assert res.exit_code == 130, res.output
     assert not (out / "manifest.json").exists()
-    assert (out / "hists.pkl").read_bytes() == reference
+    assert not (out / "hists.pkl").exists()  # never half a file under the final name
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

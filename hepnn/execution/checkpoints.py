@@ -22,8 +22,17 @@ to a temporary name and renamed, so a killed run never leaves half a checkpoint.
 The main process writes them as chunks come back, so workers on a cluster need
 no shared file system for checkpoints.
 
+Every checkpoint file starts with a header line, ``hepnn-checkpoint 1 <sha256>``,
+the sha256 of the pickle that follows. :meth:`ChunkCheckpoints.load` reads the
+file, checks the header and the sha256 **before** unpickling, and then the stored
+chunk key: a damaged checkpoint (a flipped bit, a truncated file, another file put
+in its place) is never unpickled nor trusted — the chunk is recomputed, and the
+file is counted in :attr:`ChunkCheckpoints.damaged` (``manifest.json`` →
+``checkpoints.damaged``, and a line at the end of the run).
+
 The pickles are **our own output**, loaded with :mod:`pickle`: never point
-``--resume`` at an output folder you did not write yourself.
+``--resume`` at an output folder you did not write yourself (the checksum finds
+damage, not a forgery).
 """
 
 from __future__ import annotations
@@ -36,11 +45,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from hepnn.files import atomic_bytes, atomic_write, sha256_bytes, sha256_file, sha256_json
+from hepnn.files import atomic_bytes, sha256_bytes, sha256_file, sha256_json
 from hepnn.io.remote import file_identity
 
 CHECKPOINT_DIR = ".checkpoints"
 FINGERPRINT_FILE = "fingerprint.json"
+#: First bytes of every checkpoint file, followed by the payload's sha256 and a newline.
+MAGIC = b"hepnn-checkpoint 1 "
 _VERSIONED = ("hepnn", "coffea", "uproot", "awkward", "hist", "numpy", "torch")
 
 
@@ -144,6 +155,8 @@ class ChunkCheckpoints:
         self.resume = resume
         self.reused = 0
         self.saved = 0
+        #: checkpoint files found damaged (bad header or sha256, or another chunk's key)
+        self.damaged: list[str] = []
         self._stat: dict[str, tuple[int, int | str]] = {}
         if not resume:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -182,22 +195,33 @@ class ChunkCheckpoints:
         path = self._path(key)
         if not path.is_file():
             return None
-        try:
-            with path.open("rb") as fh:
-                data = pickle.load(fh)  # our own file (module docstring)
-        except Exception:  # a damaged checkpoint is recomputed, never trusted
-            return None
-        if not isinstance(data, dict) or data.get("key") != key:
+        data = self._verified(path)
+        if data is None or not isinstance(data, dict) or data.get("key") != key:
+            self.damaged.append(path.name)  # recomputed, never trusted
             return None
         self.reused += 1
         return {"nodes": data["nodes"], "entries": data["entries"]}
 
+    @staticmethod
+    def _verified(path: Path) -> Any:
+        """The unpickled content of ``path`` if its header and sha256 hold, else None."""
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            return None
+        head, sep, payload = blob.partition(b"\n")
+        if not sep or not head.startswith(MAGIC) or head[len(MAGIC) :].decode("ascii", "replace") != sha256_bytes(payload):
+            return None
+        try:
+            return pickle.loads(payload)  # our own file, checksum verified (module docstring)
+        except Exception:
+            return None
+
     def save(self, key: str, item: Mapping[str, Any]) -> None:
-        """Store a finished chunk's output atomically."""
+        """Store a finished chunk's output atomically, behind its sha256 header."""
         data = {"key": key, "nodes": item["nodes"], "entries": item["entries"]}
-        atomic_write(
-            self._path(key), lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        )
+        payload = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        atomic_bytes(self._path(key), MAGIC + sha256_bytes(payload).encode() + b"\n" + payload)
         self.saved += 1
 
     def clear(self) -> None:

@@ -15,6 +15,7 @@ networks on the same jets read them once.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from hepnn.errors import ConfigError, InputError
+from hepnn.errors import ChunkError, ConfigError, InputError, ModelError
 from hepnn.files import sha256_bytes, sha256_file
 from hepnn.io.remote import is_url, url_digest
 from hepnn.jets.batch import JetBatch, concat_batches, fatjet_batch, jet_labels
@@ -33,6 +34,9 @@ from hepnn.nets.inputs import InputBuilder, make_builder
 if TYPE_CHECKING:
     from hepnn.nets.spec import NetworkSpec
     from hepnn.samples import Dataset, FileEntry
+
+#: Entries read at a time for training (a read failure names this range).
+READ_STEP = 100_000
 
 
 def source_digest(entry: FileEntry, fmt: str) -> str:
@@ -123,13 +127,92 @@ def _check_labels(labels: np.ndarray, where: str, branch: str) -> None:
         raise InputError(msg)
 
 
-class DataReader:
-    """Reads and caches the training rows of a run's networks (see the module docstring)."""
+def check_features(datasets: dict[str, Dataset], names: list[str], features: list[str], model: Path) -> None:
+    """Every ``features`` branch is in every file of ``names`` (a model from ``--models``).
 
-    def __init__(self, datasets: dict[str, Dataset]) -> None:
+    Raises
+    ------
+    ModelError
+        Naming ``model`` (its ``model.json``), the first missing feature and the file.
+        Files that cannot be opened are left to the processing (its own errors).
+    """
+    for ds in names:
+        for f in datasets[ds].files:
+            try:
+                with uproot.open(f.root_path) as fh:
+                    keys = set(fh[f.treename].keys())
+            except Exception:  # unreadable: reported (or skipped) by the processing
+                continue
+            missing = [x for x in features if x not in keys]
+            if missing:
+                msg = (
+                    f"{model}: feature {missing[0]!r} is not a branch of {f.source} "
+                    f"(dataset {ds}, tree {f.treename!r})"
+                )
+                raise ModelError(msg)
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class DataReader:
+    """Reads and caches the training rows of a run's networks (see the module docstring).
+
+    Files are read in steps of :data:`READ_STEP` entries. A step that cannot be read
+    (a truncated or corrupted file) stops the run with
+    :class:`~hepnn.errors.ChunkError` (exit status 3) naming the file and entry
+    range, or, with ``skip_bad_files``, is left out and recorded in :attr:`skipped`
+    (file, entry range, entries, reason) — the manifest lists them under
+    ``training_rows_skipped``.
+    """
+
+    def __init__(self, datasets: dict[str, Dataset], *, skip_bad_files: bool = False) -> None:
         self.datasets = datasets
+        self.skip_bad_files = skip_bad_files
+        #: entry ranges left out of the training rows (``skip_bad_files``)
+        self.skipped: list[dict[str, Any]] = []
+        self._rows: dict[tuple[str, str], int] = {}
         self._sources: dict[tuple[Any, ...], Any] = {}
         self._data: dict[tuple[Any, ...], TrainingData] = {}
+
+    def _failed(self, f: FileEntry, start: int, stop: int, err: BaseException) -> None:
+        where = f"{f.source}: entries [{start}, {stop}): {_reason(err)}"
+        if not self.skip_bad_files:
+            msg = f"{where} (reading training rows; set executor.skip_bad_files: true to skip them)"
+            raise ChunkError(msg) from None
+        record = {"file": str(f.source), "entrystart": start, "entrystop": stop,
+                  "entries": stop - start, "reason": where}  # fmt: skip
+        if record not in self.skipped:  # two networks reading the same file count it once
+            self.skipped.append(record)
+
+    def read_file(self, f: FileEntry, branches: Callable[[Any], list[str]], library: str) -> list[Any]:
+        """The pieces of ``branches(tree)`` read from ``f``, step by step (see the class docstring).
+
+        ``branches`` gets the opened tree and may raise :class:`~hepnn.errors.InputError`
+        (a missing branch is bad input, never skipped).
+        """
+        try:
+            fh = uproot.open(f.root_path)
+        except Exception as err:  # uproot raises many types for a damaged file
+            self._failed(f, 0, f.entries, err)
+            return []
+        pieces = []
+        with fh:
+            try:
+                tree = fh[f.treename]
+            except Exception as err:
+                self._failed(f, 0, f.entries, err)
+                return []
+            names = branches(tree)
+            for start in range(0, max(f.entries, 1), READ_STEP):
+                stop = min(start + READ_STEP, f.entries)
+                try:
+                    pieces.append(tree.arrays(names, entry_start=start, entry_stop=stop, library=library))
+                except Exception as err:
+                    self._failed(f, start, stop, err)
+        return pieces
 
     def _dataset_names(self, name: str, spec: NetworkSpec) -> list[str]:
         names = spec.datasets or list(self.datasets)
@@ -162,20 +245,29 @@ class DataReader:
         if key in self._sources:
             return self._sources[key]
         parts: dict[str, list[np.ndarray]] = {}
+        n_files = 0
         for ds in names:
             for f in self.datasets[ds].files:
-                with uproot.open(f.root_path) as fh:
-                    tree = fh[f.treename]
+
+                def wanted(tree: Any, f: FileEntry = f) -> list[str]:
                     missing = [b for b in branches if b not in tree]
                     if missing:
                         msg = f"{f.source}: branch(es) {', '.join(missing)} needed for training not in tree {f.treename!r}"
                         raise InputError(msg)
-                    present = [b for b in optional if b in tree and b not in branches]
-                    arrays = tree.arrays([*branches, *present], library="np")
-                for b, v in arrays.items():
-                    parts.setdefault(b, []).append(v)
-        n_files = sum(len(self.datasets[ds].files) for ds in names)
+                    return [*branches, *(b for b in optional if b in tree and b not in branches)]
+
+                pieces = self.read_file(f, wanted, "np")
+                self._rows[(ds, str(f.root_path))] = sum(len(next(iter(p.values()))) for p in pieces)
+                if not pieces:
+                    continue  # unreadable, skipped (recorded)
+                n_files += 1
+                for b in pieces[0]:
+                    parts.setdefault(b, []).append(np.concatenate([p[b] for p in pieces]))
         cols = {b: np.concatenate(v) for b, v in parts.items() if len(v) == n_files}
+        missing = [b for b in branches if b not in cols]
+        if missing:  # every file skipped
+            msg = f"datasets {', '.join(names)}: no readable training rows (every file skipped)"
+            raise InputError(msg)
         self._sources[key] = cols
         return cols
 
@@ -193,7 +285,7 @@ class DataReader:
         if spec.training.use_weights:
             branches.append(spec.weight)
         cols = self.read_columns(names, branches, [spec.weight])
-        rows = [f.entries for ds in names for f in self.datasets[ds].files]
+        rows = [self._rows[(ds, str(f.root_path))] for ds in names for f in self.datasets[ds].files]
         if spec.max_events is not None:
             cols = {k: v[: spec.max_events] for k, v in cols.items()}
         labels = np.asarray(cols[spec.label])
@@ -243,9 +335,11 @@ class DataReader:
         for ds_name in names:
             for f in self.datasets[ds_name].files:
                 try:
-                    with uproot.open(f.root_path) as fh:
-                        tree = fh[f.treename]
-                        arrays = tree.arrays(self._jet_branches(tree, spec), library="ak")
+                    pieces = self.read_file(f, lambda tree: self._jet_branches(tree, spec), "ak")
+                    if not pieces:
+                        rows.append(0)
+                        continue  # unreadable, skipped (recorded)
+                    arrays = pieces[0] if len(pieces) == 1 else ak.concatenate(pieces)
                     batch = fatjet_batch(arrays, jets=jets_name)
                     if batch is None:
                         msg = f"no {jets_name} constituent link table (looked for {', '.join(lay.links for lay in LAYOUTS.values())})"
@@ -253,12 +347,17 @@ class DataReader:
                     lab = jet_labels(arrays, spec.label, batch, jets=jets_name)
                     assert lab is not None  # checked in _jet_branches
                     _check_labels(lab, f"networks.{name}", spec.label)
+                except ChunkError:
+                    raise
                 except InputError as err:
                     raise InputError(f"{f.source}: {err}") from None
                 batches.append(batch)
                 labels.append(lab)
                 ids.append(ak.to_numpy(arrays[spec.split.id_column])[batch.event_index])
                 rows.append(len(batch))
+        if not batches:
+            msg = f"datasets {', '.join(names)}: no readable training rows (every file skipped)"
+            raise InputError(msg)
         batch = concat_batches(batches)
         lab, idv = np.concatenate(labels), np.concatenate(ids).astype(np.int64)
         if spec.max_events is not None:

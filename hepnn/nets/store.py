@@ -34,6 +34,7 @@ from hepnn.models import build
 from hepnn.nets.inputs import InputBuilder, load_builder
 from hepnn.nets.spec import SplitSpec
 from hepnn.nets.split import as_split
+from hepnn.paths import inside
 
 if TYPE_CHECKING:
     from hepnn.nets.data import TrainingData
@@ -215,6 +216,18 @@ def read_weights(pt: Path, sha256: str) -> dict[str, torch.Tensor]:
         raise ModelError(msg) from None
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line (a pydantic error: its first location and message)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            return f"{'.'.join(map(str, first['loc'])) or '<top level>'}: {first['msg']}"
+        except (TypeError, IndexError, KeyError):
+            pass
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def load_from_json(json_path: Path, raw: bytes) -> LoadedNetwork:
     """Load a network from the bytes of its ``model.json`` (already read by the caller)."""
     meta = parse_model_json(json_path, raw)
@@ -222,7 +235,7 @@ def load_from_json(json_path: Path, raw: bytes) -> LoadedNetwork:
     try:
         split = as_split(meta["split"])
     except ValueError as exc:
-        msg = f"invalid split in {json_path}: {exc}"
+        msg = f"invalid split in {json_path}: {_one_line(exc)}"
         raise ModelError(msg) from None
     if len(meta["models"]) != split.n_models:
         msg = f"{json_path}: a {split.method} split has {split.n_models} model(s), {len(meta['models'])} listed"
@@ -230,18 +243,24 @@ def load_from_json(json_path: Path, raw: bytes) -> LoadedNetwork:
     models, builders = [], []
     for entry in meta["models"]:
         pt = json_path.parent / entry["file"]
+        if not inside(json_path.parent, pt):  # a symbolic link out of the folder
+            msg = f"{json_path}: models.file {entry['file']!r} resolves outside the model folder"
+            raise ModelError(msg)
         state = read_weights(pt, entry["sha256"])
         try:
             builder = load_builder(meta["inputs"], entry["inputs"])
         except ModelError as exc:
-            raise ModelError(f"{json_path}: {exc}") from None
+            raise ModelError(f"{json_path}: {_one_line(exc)}") from None
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # untrusted JSON
+            msg = f"{json_path}: models[{entry.get('model', '?')}].inputs: invalid ({type(exc).__name__}: {_one_line(exc)})"
+            raise ModelError(msg) from None
         try:
             net = build(arch["name"], **arch["params"], **builder.arch_inputs())
         except KeyError as exc:
             msg = f"{exc.args[0]} (in {json_path})"
             raise ModelError(msg) from None
-        except (TypeError, ValueError) as exc:
-            msg = f"cannot build {arch['name']!r} from {json_path}: {exc}"
+        except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as exc:
+            msg = f"cannot build {arch['name']!r} from {json_path}: {_one_line(exc)[:200]}"
             raise ModelError(msg) from None
         try:
             net.load_state_dict(state)
