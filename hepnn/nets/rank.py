@@ -3,10 +3,15 @@
 :func:`rank_network` ranks on held-out training rows (:func:`hepnn.nets.split.held_out`:
 every event of a k-fold network, each by the model that did not see it, folds
 combined by their summed weights; the odd ids of a parity split; the test rows of
-a random split), in the standardised inputs the network sees (arXiv:1803.08782):
+a random split), in the standardised inputs the network sees (arXiv:1803.08782)
+or, with ``taylor.inputs: unscaled``, in the features' original units:
 
 * flat inputs: ⟨|t_α|⟩ of all configured orders, ranked together
-  (:func:`hepnn.taylor.mean_abs_taylor`);
+  (:func:`hepnn.taylor.mean_abs_taylor`), physics features only (helper inputs,
+  i.e. missing flags, are reported apart by :func:`rank_helpers`), each term
+  averaged over the events where all its features are defined, with an event
+  bootstrap and the spread over retrained models (ensemble members or k-fold
+  models) as uncertainties;
 * jet inputs: first order, ⟨|∂y/∂x|⟩ per image pixel (one value per channel) or per
   constituent feature and slot, aggregated over the real constituents into one
   value per feature (:func:`hepnn.taylor.mean_abs_gradient`), drawn as a map.
@@ -18,6 +23,7 @@ rows after every epoch (flat inputs).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,18 +36,21 @@ from hepnn.taylor import (
     TaylorMonitor,
     TaylorResult,
     aggregate_constituents,
+    bootstrap_counts,
     first_order_result,
     image_map_figure,
     mean_abs_gradient,
     mean_abs_taylor,
     prepared_inputs,
     sequence_map_figure,
+    write_helpers,
     write_ranking,
 )
 
 if TYPE_CHECKING:
     from hepnn.config import TaylorConfig
     from hepnn.nets.data import TrainingData
+    from hepnn.nets.inputs import InputBuilder
     from hepnn.nets.spec import SplitSpec
     from hepnn.nets.store import LoadedNetwork
     from hepnn.nets.train import EpochHook
@@ -51,16 +60,37 @@ MAX_MAP_ROWS = 2000
 
 
 def combine(results: list[TaylorResult]) -> TaylorResult:
-    """Combine rankings of disjoint event sets (k folds) by their summed weights."""
+    """Combine rankings of disjoint event sets (k folds) by their summed weights.
+
+    With ``defined`` masks each term is combined by its own summed defined
+    weights; bootstrap sums (replicas drawn over all the events) add up.
+    """
     if len(results) == 1:
         return results[0]
     total = sum(r.sum_weights for r in results)
-    values = sum(r.values * r.sum_weights for r in results) / total
+    defined = None
+    if all(r.defined_weights is None for r in results):
+        values = sum(r.values * r.sum_weights for r in results) / total
+    else:
+        dws = [
+            np.full(len(r.values), r.sum_weights) if r.defined_weights is None else r.defined_weights
+            for r in results
+        ]
+        defined = sum(dws)
+        num = sum(np.where(d > 0, r.values, 0.0) * d for r, d in zip(results, dws, strict=True))
+        values = np.where(defined > 0, num / np.where(defined > 0, defined, 1.0), np.nan)
+    boot_sums = boot_weights = None
+    if all(r.boot_sums is not None for r in results):
+        boot_sums = sum(r.boot_sums for r in results)
+        boot_weights = sum(r.boot_weights for r in results)
     return dataclasses.replace(
         results[0],
         values=np.asarray(values, dtype=np.float64),
         n_events=sum(r.n_events for r in results),
         sum_weights=total,
+        defined_weights=defined,
+        boot_sums=boot_sums,
+        boot_weights=boot_weights,
     )
 
 
@@ -73,35 +103,139 @@ def _rows(loaded: LoadedNetwork, data: TrainingData, n: int, seed: int) -> np.nd
     return rows
 
 
+def physics_inputs(builder: InputBuilder) -> list[int]:
+    """Indices of the inputs that are physics features (not helper inputs such as flags)."""
+    helpers = set(builder.helper_inputs())
+    return [i for i, name in enumerate(builder.input_names) if name not in helpers]
+
+
+def defined_inputs(builder: InputBuilder, raw: np.ndarray) -> np.ndarray | None:
+    """``(N, inputs)`` bool: the input's value is defined (not missing, so not imputed).
+
+    Flat inputs are the features (the columns of ``raw``, NaN = missing) followed
+    by helper inputs, which are always defined. None when every value is defined.
+    """
+    ok = ~np.isnan(raw)
+    if ok.all():
+        return None
+    out = np.ones((raw.shape[0], len(builder.input_names)), dtype=bool)
+    out[:, : raw.shape[1]] = ok
+    return out
+
+
+def input_scale(builder: InputBuilder) -> np.ndarray:
+    """Per-input sigma of the standardisation: the features' training std, 1 for helpers."""
+    std = np.asarray(getattr(builder, "std"), dtype=np.float64)
+    n_in = len(builder.input_names)
+    return np.concatenate([std, np.ones(n_in - std.size)])
+
+
+def _rank_rows(
+    loaded: LoadedNetwork,
+    data: TrainingData,
+    rows: np.ndarray,
+    settings: TaylorConfig,
+    *,
+    counts: np.ndarray | None = None,
+    helpers: bool = False,
+    progress: bool = False,
+) -> tuple[TaylorResult, list[tuple[int, TaylorResult]]]:
+    """Rank ``rows``, each by the model that scores it: the combined result and per model.
+
+    ``helpers``: first order in the helper inputs only; otherwise the physics
+    terms of ``settings.orders``, masked to defined values, with bootstrap
+    ``counts`` ``(B, rows.size)`` if given.
+    """
+    which = route(data.ids[rows], loaded.split)
+    results = []
+    for m, (model, builder) in enumerate(zip(loaded.models, loaded.builders, strict=True)):
+        pick = np.flatnonzero(which == m)
+        if pick.size == 0:
+            continue
+        sub = rows[pick]
+        raw = data.raw[sub]
+        x = builder.transform(raw)
+        w = data.weights[sub] if settings.use_weights and data.weights is not None else None
+        if helpers:
+            feats, orders = [builder.input_names.index(h) for h in builder.helper_inputs()], (1,)
+        else:
+            feats, orders = physics_inputs(builder), tuple(settings.orders)
+        with prepared_inputs():
+            result = mean_abs_taylor(
+                model, x, weights=w, orders=orders, output=settings.output,
+                input_names=builder.input_names, progress=progress, features=feats,
+                defined=None if helpers else defined_inputs(builder, raw),
+                scale=input_scale(builder) if settings.inputs == "unscaled" else None,
+                bootstrap=None if counts is None else counts[:, pick],
+            )  # fmt: skip
+        results.append((m, result))
+    if not results:
+        msg = f"{loaded.path}: no held-out rows to rank"
+        raise ValueError(msg)
+    return combine([r for _, r in results]), results
+
+
 def rank_network(
     loaded: LoadedNetwork,
     data: TrainingData,
     settings: TaylorConfig,
     *,
     seed: int,
+    members: Sequence[LoadedNetwork] = (),
     progress: bool = False,
 ) -> TaylorResult:
-    """The Taylor ranking of a flat network on (a seeded subsample of) its held-out rows."""
+    """The Taylor ranking of a flat network on (a seeded subsample of) its held-out rows.
+
+    Only terms made of physics features are ranked (helper inputs such as missing
+    flags are excluded, the derivatives are still those of the full network);
+    each term is averaged over the events where all its features are defined.
+    Uncertainties (:mod:`hepnn.taylor.uncertainty`):
+
+    * ``err_stat``: ``settings.bootstrap`` event-bootstrap replicas of the ranked
+      rows, counts drawn from ``(seed, 1)``;
+    * ``err_train``: with ensemble ``members`` (the other members' loaded
+      networks), the spread of the members' rankings, each computed like this one
+      on the same rows (every row by the member's model that did not train on it);
+      without members, for a k-fold network, the spread of the fold models, each on
+      its own held-out rows (so it also holds their statistical noise); else none.
+    """
     rows = _rows(loaded, data, settings.events, seed)
-    which = route(data.ids[rows], loaded.split)
-    results = []
-    for m, (model, builder) in enumerate(zip(loaded.models, loaded.builders, strict=True)):
-        sub = rows[which == m]
-        if sub.size == 0:
-            continue
-        x = builder.transform(data.raw[sub])
-        w = data.weights[sub] if settings.use_weights and data.weights is not None else None
-        with prepared_inputs():
-            results.append(
-                mean_abs_taylor(
-                    model, x, weights=w, orders=tuple(settings.orders), output=settings.output,
-                    input_names=builder.input_names, progress=progress,
-                )
-            )  # fmt: skip
-    if not results:
-        msg = f"{loaded.path}: no held-out rows to rank"
-        raise ValueError(msg)
-    return combine(results)
+    counts = (
+        bootstrap_counts(rows.size, settings.bootstrap, (seed, 1)) if settings.bootstrap else None
+    )
+    result, per_model = _rank_rows(loaded, data, rows, settings, counts=counts, progress=progress)
+    if members:
+        values = [result.values]
+        for member in members:
+            mrows = rows[held_out(data.ids[rows], member.split)]
+            values.append(_rank_rows(member, data, mrows, settings, progress=progress)[0].values)
+        labels = [f"member{i}" for i in range(len(values))]
+        basis = (
+            "ensemble members, each ranked like the nominal network on the same events "
+            "(every event by the member's model that did not train on it)"
+        )
+    elif len(per_model) > 1:
+        values = [r.values for _, r in per_model]
+        labels = [f"fold{m}" for m, _ in per_model]
+        basis = (
+            "k-fold models, each on its own held-out events (a fraction of the ranked "
+            "events, so the spread also holds their statistical noise)"
+        )
+    else:
+        return result
+    return dataclasses.replace(
+        result, train_values=np.stack(values), train_labels=labels, train_basis=basis
+    )
+
+
+def rank_helpers(
+    loaded: LoadedNetwork, data: TrainingData, settings: TaylorConfig, *, seed: int
+) -> TaylorResult | None:
+    """First-order ⟨|∂y/∂h|⟩ of the helper inputs on the ranked rows; None without helpers."""
+    if not loaded.builder.helper_inputs():
+        return None
+    rows = _rows(loaded, data, settings.events, seed)
+    return _rank_rows(loaded, data, rows, settings, helpers=True)[0]
 
 
 def jet_map(
@@ -152,11 +286,15 @@ def write_network_ranking(
     outdir: Path,
     *,
     seed: int,
+    members: Sequence[LoadedNetwork] = (),
     formats: tuple[str, ...] = ("png", "pdf"),
     progress: bool = False,
 ) -> list[Path]:
     """Rank network ``name`` and write ``outdir/ranking/<name>.{csv,json,md,<formats>}``.
 
+    ``members``: the other ensemble members' loaded networks (training variation,
+    see :func:`rank_network`). Flat networks with helper inputs (missing flags)
+    also get ``ranking/<name>_helpers.{csv,md}`` (not ranked, for information).
     Jet networks also get ``ranking/<name>_taylor_map.<formats>``. The derivatives
     are taken on one pinned intra-op thread: float32 reductions depend on the thread
     count, and ``hepnn rank`` must reproduce a run's table bit for bit on any machine.
@@ -164,8 +302,13 @@ def write_network_ranking(
     files: list[Path] = []
     with torch_threads(INFERENCE_THREADS):
         if loaded.kind == "flat":
-            result = rank_network(loaded, data, settings, seed=seed, progress=progress)
+            result = rank_network(
+                loaded, data, settings, seed=seed, members=members, progress=progress
+            )
             top = settings.top
+            helpers = rank_helpers(loaded, data, settings, seed=seed)
+            if helpers is not None:
+                files += list(write_helpers(helpers, outdir, name).values())
         else:
             stem = outdir / "ranking" / f"{name}_taylor_map"
             result, files = jet_map(name, loaded, data, stem, formats)
@@ -185,7 +328,7 @@ def epoch_monitor(
     """A training hook recording the ranking of the first model on its validation rows.
 
     Every ``settings.monitor_every`` epochs, on ``settings.monitor_events`` seeded
-    validation rows, orders up to 2. Returns the hook and the monitor
+    validation rows, orders up to 2, physics inputs only. Returns the hook and the monitor
     (``monitor.history``).
     """
     val = np.flatnonzero((split_codes(data.ids, split, 0) == VAL) & data.usable)
@@ -202,6 +345,7 @@ def epoch_monitor(
             return  # not due: skip preparing the inputs
         if monitor.input_names is None:
             monitor.input_names = list(builder.input_names)
+            monitor.features = physics_inputs(builder)  # helper inputs are never ranked
         with prepared_inputs():
             monitor(epoch, model, builder.transform(data.raw[val]))
 

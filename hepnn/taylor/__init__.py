@@ -17,10 +17,14 @@ inputs
     Model and input handling, :class:`TaylorWarning`, :func:`prepared_inputs`.
 result
     :class:`TaylorResult`, :class:`TaylorRecord`, :func:`output_description`.
+accumulate, uncertainty
+    Streaming sums (defined masks, unscaled inputs, bootstrap replicas);
+    :func:`bootstrap_counts`, :func:`replica_std`, :func:`neighbour_separation`.
 mlp, autograd
     The closed-form MLP path and the generic autograd path.
 tables, monitor
-    :func:`write_ranking`, :func:`write_history`; :class:`TaylorMonitor`.
+    :func:`write_ranking`, :func:`write_helpers`, :func:`write_history`;
+    :class:`TaylorMonitor`.
 maps
     Tagger map figures and their first-order ranking record.
 """
@@ -32,24 +36,39 @@ from hepnn.taylor.gradients import aggregate_constituents, mean_abs_gradient
 from hepnn.taylor.inputs import TaylorWarning, prepared_inputs
 from hepnn.taylor.maps import first_order_result, image_map_figure, sequence_map_figure
 from hepnn.taylor.monitor import TaylorMonitor
-from hepnn.taylor.result import TaylorRecord, TaylorResult, output_description
-from hepnn.taylor.tables import write_history, write_ranking
+from hepnn.taylor.result import (
+    ERROR_COLUMNS,
+    INPUTS,
+    TaylorRecord,
+    TaylorResult,
+    input_description,
+    output_description,
+)
+from hepnn.taylor.tables import write_helpers, write_history, write_ranking
+from hepnn.taylor.uncertainty import bootstrap_counts, neighbour_separation, replica_std
 
 __all__ = [
+    "ERROR_COLUMNS",
+    "INPUTS",
     "TaylorMonitor",
     "TaylorRecord",
     "TaylorResult",
     "TaylorWarning",
     "aggregate_constituents",
+    "bootstrap_counts",
     "first_order_result",
     "image_map_figure",
+    "input_description",
     "mean_abs_gradient",
     "mean_abs_taylor",
+    "neighbour_separation",
     "output_description",
     "prepared_inputs",
+    "replica_std",
     "sequence_map_figure",
     "taylor_coefficients",
     "taylor_terms",
+    "write_helpers",
     "write_history",
     "write_ranking",
 ]
