@@ -33,13 +33,14 @@ from hepnn.models.forward import INFERENCE_THREADS, torch_threads
 from hepnn.nets.split import VAL, held_out, route, split_codes
 from hepnn.plotting import save_figure
 from hepnn.taylor import (
+    GradientSums,
     TaylorMonitor,
     TaylorResult,
     aggregate_constituents,
     bootstrap_counts,
     first_order_result,
+    gradient_sums,
     image_map_figure,
-    mean_abs_gradient,
     mean_abs_taylor,
     prepared_inputs,
     sequence_map_figure,
@@ -50,6 +51,7 @@ from hepnn.taylor import (
 if TYPE_CHECKING:
     from hepnn.config import TaylorConfig
     from hepnn.nets.data import TrainingData
+    from hepnn.nets.flat import FlatBuilder
     from hepnn.nets.inputs import InputBuilder
     from hepnn.nets.spec import SplitSpec
     from hepnn.nets.store import LoadedNetwork
@@ -73,7 +75,9 @@ def combine(results: list[TaylorResult]) -> TaylorResult:
         values = sum(r.values * r.sum_weights for r in results) / total
     else:
         dws = [
-            np.full(len(r.values), r.sum_weights) if r.defined_weights is None else r.defined_weights
+            np.full(len(r.values), r.sum_weights)
+            if r.defined_weights is None
+            else r.defined_weights
             for r in results
         ]
         defined = sum(dws)
@@ -123,9 +127,9 @@ def defined_inputs(builder: InputBuilder, raw: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def input_scale(builder: InputBuilder) -> np.ndarray:
+def input_scale(builder: FlatBuilder) -> np.ndarray:
     """Per-input sigma of the standardisation: the features' training std, 1 for helpers."""
-    std = np.asarray(getattr(builder, "std"), dtype=np.float64)
+    std = np.asarray(builder.std, dtype=np.float64)
     n_in = len(builder.input_names)
     return np.concatenate([std, np.ones(n_in - std.size)])
 
@@ -165,7 +169,7 @@ def _rank_rows(
                 model, x, weights=w, orders=orders, output=settings.output,
                 input_names=builder.input_names, progress=progress, features=feats,
                 defined=None if helpers else defined_inputs(builder, raw),
-                scale=input_scale(builder) if settings.inputs == "unscaled" else None,
+                scale=input_scale(builder) if settings.inputs == "unscaled" else None,  # type: ignore[arg-type]
                 bootstrap=None if counts is None else counts[:, pick],
             )  # fmt: skip
         results.append((m, result))
@@ -238,44 +242,112 @@ def rank_helpers(
     return _rank_rows(loaded, data, rows, settings, helpers=True)[0]
 
 
+def _jet_maps(
+    loaded: LoadedNetwork, data: TrainingData, rows: np.ndarray, counts: np.ndarray | None
+) -> list[tuple[int, GradientSums]]:
+    """Gradient sums of each model of ``loaded`` on the held-out ``rows`` it scores."""
+    which = route(data.ids[rows], loaded.split)
+    out = []
+    for m, (model, fitted) in enumerate(zip(loaded.models, loaded.builders, strict=True)):
+        pick = np.flatnonzero(which == m)
+        if pick.size == 0:
+            continue
+        x = fitted.transform(data.raw[rows[pick]])
+        # sequences: only real constituents count (the last input channel is the mask)
+        mask = None if loaded.kind == "image" else np.repeat((x[:, -1:] != 0), x.shape[1], axis=1)
+        with prepared_inputs():
+            sums = gradient_sums(
+                model, x, mask=mask, check_inputs=False,
+                bootstrap=None if counts is None else counts[:, pick],
+            )  # fmt: skip
+        out.append((m, sums))
+    if not out:
+        msg = f"{loaded.path}: no held-out jets to map"
+        raise ValueError(msg)
+    return out
+
+
+def _combined_map(maps: list[tuple[int, GradientSums]]) -> tuple[np.ndarray, np.ndarray]:
+    """The map of several models, weighted by their per-element counts, and its counts."""
+    gmap, den = maps[0][1].mean(), maps[0][1].den
+    if len(maps) > 1:  # k folds: weight each model's map by its per-element counts
+        pairs = [(s.mean(), s.den) for _, s in maps]
+        den = sum(norm for _, norm in pairs)
+        num = sum(np.where(norm > 0, g, 0.0) * norm for g, norm in pairs)
+        gmap = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return gmap, den
+
+
+def _jet_values(kind: str, gmap: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """One value per input: summed image sensitivity per channel, or per constituent feature."""
+    if kind == "image":
+        return gmap.sum(axis=(1, 2))
+    return aggregate_constituents(gmap[:-1], den[:-1])  # the mask channel is no physics input
+
+
 def jet_map(
-    name: str, loaded: LoadedNetwork, data: TrainingData, stem: Path, formats: tuple[str, ...]
+    name: str,
+    loaded: LoadedNetwork,
+    data: TrainingData,
+    stem: Path,
+    formats: tuple[str, ...],
+    *,
+    members: Sequence[LoadedNetwork] = (),
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> tuple[TaylorResult, list[Path]]:
     """First-order map of a jet network on its held-out jets, drawn to ``stem``; its ranking.
 
     Each jet is differentiated through the model that scores it (k-fold routing);
-    the maps of the models are combined by their per-element event counts.
+    the maps of the models are combined by their per-element event counts. The
+    per-input values get the same uncertainties as a flat ranking: ``bootstrap``
+    replicas of the jets (counts from ``(seed, 1)``; the per-jet gradients are
+    resampled, not recomputed), and the spread over the ensemble ``members`` on
+    the same jets or, without members, over the k-fold models on their own jets.
     """
     rows = np.flatnonzero(held_out(data.ids, loaded.split) & data.usable)[:MAX_MAP_ROWS]
-    which = route(data.ids[rows], loaded.split)
+    counts = bootstrap_counts(rows.size, bootstrap, (seed, 1)) if bootstrap and rows.size else None
     builder = loaded.builder
-    maps = []
-    for m, (model, fitted) in enumerate(zip(loaded.models, loaded.builders, strict=True)):
-        sub = rows[which == m]
-        if sub.size == 0:
-            continue
-        x = fitted.transform(data.raw[sub])
-        # sequences: only real constituents count (the last input channel is the mask)
-        mask = None if loaded.kind == "image" else np.repeat((x[:, -1:] != 0), x.shape[1], axis=1)
-        with prepared_inputs():
-            maps.append(mean_abs_gradient(model, x, mask=mask, check_inputs=False, return_norm=True))
-    if not maps:
-        msg = f"{loaded.path}: no held-out jets to map"
-        raise ValueError(msg)
-    gmap, den = maps[0]
-    if len(maps) > 1:  # k folds: weight each model's map by its per-element counts
-        den = sum(norm for _, norm in maps)
-        num = sum(np.where(norm > 0, g, 0.0) * norm for g, norm in maps)
-        gmap = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    maps = _jet_maps(loaded, data, rows, counts)
+    gmap, den = _combined_map(maps)
+    values = _jet_values(loaded.kind, gmap, den)
     if loaded.kind == "image":
         fig = image_map_figure(gmap, list(builder.settings.channels), name)
-        values = gmap.sum(axis=(1, 2))  # one summed sensitivity per channel
     else:
-        fmap = gmap[:-1]  # the mask channel is not a physics input
-        values = aggregate_constituents(fmap, den[:-1])
-        fig = sequence_map_figure(fmap, builder.input_names, name)
+        fig = sequence_map_figure(gmap[:-1], builder.input_names, name)
     files = save_figure(fig, stem, formats) if formats else []
-    return first_order_result(builder.input_names, values, int(rows.size)), files
+    result = first_order_result(builder.input_names, values, int(rows.size))
+    boot = None
+    if counts is not None:
+        b_num = sum(s.boot_num for _, s in maps)
+        b_den = sum(s.boot_den for _, s in maps)
+        reps = GradientSums(gmap, den, b_num, b_den).replica_means()
+        assert reps is not None
+        assert b_den is not None
+        boot = np.stack([_jet_values(loaded.kind, r, d) for r, d in zip(reps, b_den, strict=True)])
+    train, labels, basis = None, [], ""
+    if members:
+        train = [values]
+        for member in members:
+            mrows = rows[held_out(data.ids[rows], member.split)]
+            train.append(
+                _jet_values(member.kind, *_combined_map(_jet_maps(member, data, mrows, None)))
+            )
+        labels = [f"member{i}" for i in range(len(train))]
+        basis = "ensemble members on the same jets (each jet by the model that did not train on it)"
+    elif len(maps) > 1:
+        train = [_jet_values(loaded.kind, s.mean(), s.den) for _, s in maps]
+        labels = [f"fold{m}" for m, _ in maps]
+        basis = "k-fold models, each on its own held-out jets (includes their statistical noise)"
+    result = dataclasses.replace(
+        result,
+        boot_sums=boot,
+        boot_weights=None if boot is None else np.ones_like(boot),
+        train_values=None if train is None else np.stack(train),
+        train_labels=labels,
+        train_basis=basis,
+    )
+    return result, files
 
 
 def write_network_ranking(
@@ -311,7 +383,10 @@ def write_network_ranking(
                 files += list(write_helpers(helpers, outdir, name).values())
         else:
             stem = outdir / "ranking" / f"{name}_taylor_map"
-            result, files = jet_map(name, loaded, data, stem, formats)
+            result, files = jet_map(
+                name, loaded, data, stem, formats,
+                members=members, bootstrap=settings.bootstrap, seed=seed,
+            )  # fmt: skip
             top = None
     paths = write_ranking(result, outdir, name, top, plot_top=settings.plot_top, formats=formats)
     return files + list(paths.values())

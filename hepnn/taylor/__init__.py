@@ -12,7 +12,8 @@ Modules
 coefficients
     :func:`taylor_terms`, :func:`taylor_coefficients`, :func:`mean_abs_taylor`.
 gradients
-    First-order maps: :func:`mean_abs_gradient`, :func:`aggregate_constituents`.
+    First-order maps: :func:`mean_abs_gradient`, :func:`gradient_sums`,
+    :func:`aggregate_constituents`.
 inputs
     Model and input handling, :class:`TaylorWarning`, :func:`prepared_inputs`.
 result
@@ -32,7 +33,12 @@ maps
 from __future__ import annotations
 
 from hepnn.taylor.coefficients import mean_abs_taylor, taylor_coefficients, taylor_terms
-from hepnn.taylor.gradients import aggregate_constituents, mean_abs_gradient
+from hepnn.taylor.gradients import (
+    GradientSums,
+    aggregate_constituents,
+    gradient_sums,
+    mean_abs_gradient,
+)
 from hepnn.taylor.inputs import TaylorWarning, prepared_inputs
 from hepnn.taylor.maps import first_order_result, image_map_figure, sequence_map_figure
 from hepnn.taylor.monitor import TaylorMonitor
@@ -50,6 +56,7 @@ from hepnn.taylor.uncertainty import bootstrap_counts, neighbour_separation, rep
 __all__ = [
     "ERROR_COLUMNS",
     "INPUTS",
+    "GradientSums",
     "TaylorMonitor",
     "TaylorRecord",
     "TaylorResult",
@@ -57,6 +64,7 @@ __all__ = [
     "aggregate_constituents",
     "bootstrap_counts",
     "first_order_result",
+    "gradient_sums",
     "image_map_figure",
     "input_description",
     "mean_abs_gradient",

@@ -428,7 +428,9 @@ def mean_abs_taylor(
     )
 
 
-def _checked_rows(name: str, arr: np.ndarray | None, rows: int | None, cols: int) -> np.ndarray | None:
+def _checked_rows(
+    name: str, arr: np.ndarray | None, rows: int | None, cols: int
+) -> np.ndarray | None:
     """``arr`` as a 2D array with ``cols`` columns (and ``rows`` rows if given), or None."""
     if arr is None:
         return None

@@ -149,7 +149,9 @@ def _plot_ranking(
         if result.has_errors:
             order = np.argsort(-result.values, kind="stable")[: len(records)]
             errs = np.nan_to_num(result.err[order])
-        ax.barh(ypos, values, color=colours, height=0.7, xerr=errs, capsize=3 if errs is not None else 0)
+        ax.barh(
+            ypos, values, color=colours, height=0.7, xerr=errs, capsize=3 if errs is not None else 0
+        )
         ax.set_yticks(ypos, [r.term for r in records], fontsize=14)
         ax.set_xlabel(r"$\langle |t_\alpha| \rangle$")
         if log_x:
