@@ -91,9 +91,14 @@ def _convention_lines(result: TaylorResult) -> list[str]:
         lines += [
             "Each term is averaged only over the events where all of its features are defined "
             "(defined = that fraction of the events); helper inputs (missing flags) are not ranked.",
-            f"Errors: stat = std of {n_boot} event-bootstrap replicas; train = std over "
-            f"{len(result.train_labels)} retrained models "
-            f"({result.train_basis or 'none available'}); err = both in quadrature.",
+            f"Errors: stat = std of {n_boot} event-bootstrap replicas; "
+            + (
+                f"train = std over {len(result.train_labels)} retrained models "
+                f"({result.train_basis})"
+                if result.train_labels
+                else "train = none (a single model: no ensemble members, no k folds)"
+            )
+            + "; err = both in quadrature.",
             "z = (value - next value) / uncertainty of that difference (from the same replicas, "
             "correlations included); ≈ marks a term not separated from the next one (z <= 2).",
         ]
