@@ -128,7 +128,7 @@ def _markdown(result: TaylorResult, model_name: str, records: list[dict[str, Any
             row += (
                 f" {_num(rec['err'], '.2g')} | {_num(rec['err_stat'], '.2g')} |"
                 f" {_num(rec['err_train'], '.2g')} | {rec['defined_fraction']:.3f} |"
-                f" {_num(z, '.1f')}{mark} |"
+                f" {_num(z, '.3g')}{mark} |"
             )
         lines.append(row)
     return "\n".join(lines) + "\n"
