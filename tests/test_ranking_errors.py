@@ -29,6 +29,8 @@ from hepnn.nets.train import train_network
 from hepnn.pipeline import run_config
 from hepnn.taylor import (
     bootstrap_counts,
+    gradient_sums,
+    mean_abs_gradient,
     mean_abs_taylor,
     neighbour_separation,
     taylor_coefficients,
@@ -274,6 +276,21 @@ def test_plain_results_keep_four_columns(tmp_path):
     assert not result.has_errors
     paths = write_ranking(result, tmp_path, "m", formats=())
     assert paths["csv"].read_text().splitlines()[0] == "rank,term,order,value"
+
+
+def test_map_bootstrap_is_a_reweighting_of_the_same_gradients():
+    """Jet maps: a bootstrap replica equals the map with the resampling counts as weights."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    x = np.random.default_rng(1).normal(size=(300, 2, 3)).astype(np.float32)
+    mask = np.random.default_rng(2).uniform(size=(300, 3)) > 0.3
+    counts = bootstrap_counts(300, 4, seed=3)
+    sums = gradient_sums(net, x, mask=mask, bootstrap=counts, chunk_size=128)
+    np.testing.assert_allclose(sums.mean(), mean_abs_gradient(net, x, mask=mask), rtol=1e-12)
+    reps = sums.replica_means()
+    for b in range(4):
+        direct = mean_abs_gradient(net, x, weights=counts[b], mask=mask)
+        np.testing.assert_allclose(reps[b], direct, rtol=1e-10)
 
 
 # ------------------------------------------------------------ the lecture's toy
