@@ -118,6 +118,14 @@ class TaylorConfig(_Strict):
     plot_top: int = Field(20, ge=1)
     monitor_every: int = Field(1, ge=0, description="epochs between history points; 0 = off")
     monitor_events: int = Field(2000, ge=1)
+    inputs: Literal["standardised", "unscaled"] = Field(
+        "standardised",
+        description="derivatives in the network's standardised inputs, or in the original "
+        "units (times 1/sigma_i per derivative in feature i)",
+    )
+    bootstrap: int = Field(
+        200, ge=0, description="event-bootstrap replicas for err_stat (seeded); 0 = none"
+    )
 
 
 class CrossValidationConfig(_Strict):

@@ -171,6 +171,7 @@ def rank_networks(run: Run) -> None:
             run.files += write_network_ranking(
                 name, get_network(net.path), data, run.cfg.taylor, run.outdir,
                 seed=run.cfg.seed, formats=run.formats, progress=run.progress,
+                members=[get_network(p) for p in net.members[1:]],
             )  # fmt: skip
 
 

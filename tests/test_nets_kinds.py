@@ -78,6 +78,12 @@ def test_kfold_jet_networks_get_bands_and_a_ranking(kfold_jets: Path) -> None:
         assert f"score_{name}_mcdropout_summary" in hists
         assert (kfold_jets / "ranking" / f"{name}.csv").is_file()
         assert (kfold_jets / "ranking" / f"{name}_taylor_map.png").is_file()
+        # bootstrap over the jets and the spread of the 3 fold models: every value has an error
+        doc = json.loads((kfold_jets / "ranking" / f"{name}.json").read_text())
+        assert doc["metadata"]["training_replicas"] == ["fold0", "fold1", "fold2"]
+        for row in doc["ranking"]:
+            assert row["err_stat"] > 0
+            assert row["err_train"] > 0
     table = pq.read_table(kfold_jets / "columns" / "toptag.parquet")
     assert np.isfinite(table["score_cnn1d_mcd_std"].to_numpy()).all()
 
@@ -114,5 +120,5 @@ def test_flat_network_on_a_random_split(tmp_path: Path) -> None:
     assert entry["auc"] == pytest.approx(held["auc"])
     assert "score_nn_mcdropout" in run.hists
     ranking = (tmp_path / "ranking" / "nn.csv").read_text().splitlines()
-    assert ranking[0] == "rank,term,order,value"
+    assert ranking[0].startswith("rank,term,order,value,err_stat,")
     assert len(ranking) == 1 + 2 + 3  # x1, x2, x1^2, x2^2, x1*x2

@@ -131,12 +131,15 @@ def test_rank_network_gives_the_configured_orders(higgs_net, orders):
     result = rank_network(loaded, data, TaylorConfig(orders=orders, events=500), seed=0)
     assert isinstance(result, TaylorResult)
     assert sorted(set(result.orders)) == sorted(orders)
-    f = len(names)
+    # only the 8 physics features are ranked; the flags are helper inputs
+    f = 8
     per_order = {1: f, 2: f * (f + 1) // 2, 3: f * (f + 1) * (f + 2) // 6}
     assert len(result.names) == len(result.values) == sum(per_order[o] for o in orders)
     assert result.input_names == names
+    assert not any("_missing" in term for term in result.names)
     if 1 in orders:
-        assert [n for n, o in zip(result.names, result.orders, strict=True) if o == 1] == names
+        firsts = [n for n, o in zip(result.names, result.orders, strict=True) if o == 1]
+        assert firsts == names[:8]
     assert result.n_events == 500
     assert np.all(np.isfinite(result.values))
     assert np.all(result.values >= 0)
@@ -189,24 +192,36 @@ def test_kfold_ranking_combines_the_folds(higgs, features, tmp_path):
     assert result.n_events == 900  # every event is held out by its fold's model
     assert result.sum_weights == pytest.approx(900.0)
     # combine: an event-weighted mean of the per-fold rankings
+    plain = {"defined_weights": None, "boot_sums": None, "boot_weights": None}
     a = dataclasses.replace(
-        result, values=np.full(result.values.shape, 1.0), n_events=1, sum_weights=1.0
+        result, values=np.full(result.values.shape, 1.0), n_events=1, sum_weights=1.0, **plain
     )
     b = dataclasses.replace(
-        result, values=np.full(result.values.shape, 4.0), n_events=3, sum_weights=3.0
+        result, values=np.full(result.values.shape, 4.0), n_events=3, sum_weights=3.0, **plain
     )
     both = combine([a, b])
     assert np.allclose(both.values, 3.25)
     assert both.n_events == 4
     assert both.sum_weights == 4.0
     assert combine([a]) is a
+    # masked terms combine by their own defined weights: 1 event of a, 0.5 of b's 3
+    half = dataclasses.replace(b, defined_weights=np.full(result.values.shape, 1.5))
+    assert np.allclose(combine([a, half]).values, (1 * 1 + 4 * 1.5) / 2.5)
+    assert np.allclose(combine([a, half]).defined_fraction, 2.5 / 4)
 
 
 def test_write_network_ranking(higgs_net, tmp_path):
     _, data, loaded = higgs_net
     cfg = TaylorConfig(orders=[1, 2], events=300, top=5)
     files = write_network_ranking("dnn", loaded, data, cfg, tmp_path, seed=0, formats=())
-    assert sorted(p.name for p in files) == ["dnn.csv", "dnn.json", "dnn.md"]
+    assert sorted(p.name for p in files) == [
+        "dnn.csv", "dnn.json", "dnn.md", "dnn_helpers.csv", "dnn_helpers.md"
+    ]  # fmt: skip
+    helpers = (tmp_path / "ranking" / "dnn_helpers.csv").read_text().splitlines()
+    assert helpers[0] == "input,value,n_events"
+    assert sorted(row.split(",")[0] for row in helpers[1:]) == sorted(
+        loaded.builder.helper_inputs()
+    )
     assert all(p.parent == tmp_path / "ranking" and p.is_file() for p in files)
     doc = json.loads((tmp_path / "ranking" / "dnn.json").read_text())
     expected = rank_network(loaded, data, cfg, seed=0).to_records(5)

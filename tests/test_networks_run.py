@@ -95,8 +95,9 @@ def test_band_hists(trained: Path) -> None:
 
 def test_ranking_written(trained: Path) -> None:
     rows = (trained / "ranking" / "dnn.csv").read_text().splitlines()
-    assert rows[0] == "rank,term,order,value"
-    n_inputs = 30 + 3  # features + missing flags (auto)
+    assert rows[0].startswith("rank,term,order,value,")  # then the error columns
+    assert not any("_missing" in r.split(",")[1] for r in rows[1:])  # flags are not ranked
+    n_inputs = 30  # physics features only (the missing flags are helper inputs)
     assert len(rows) - 1 == min(50, n_inputs + n_inputs * (n_inputs + 1) // 2)
     values = [float(r.split(",")[3]) for r in rows[1:]]
     assert values == sorted(values, reverse=True)

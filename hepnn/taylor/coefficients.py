@@ -65,6 +65,7 @@ import torch
 from torch import nn
 
 from hepnn.models.mlp import MLP
+from hepnn.taylor.accumulate import TermSums
 from hepnn.taylor.autograd import autograd_logit_derivatives
 from hepnn.taylor.inputs import (
     OUTPUTS,
@@ -321,6 +322,9 @@ def mean_abs_taylor(
     method: str = "auto",
     input_names: Sequence[str] | None = None,
     progress: bool = False,
+    defined: np.ndarray | None = None,
+    scale: Sequence[float] | np.ndarray | None = None,
+    bootstrap: np.ndarray | None = None,
 ) -> TaylorResult:
     """Rank the Taylor terms of a network by ``<|t_a|>`` over a sample, streaming.
 
@@ -344,6 +348,20 @@ def mean_abs_taylor(
         One name per flattened feature (default ``x0, x1, ...``).
     progress
         Show a progress bar over chunks.
+    defined
+        Optional bool ``(N, F)``: the input value is defined (not missing, not
+        imputed). Term ``a`` is then averaged over the events where *all* of
+        its features are defined: ``sum_k w_k m_ak |t_a| / sum_k w_k m_ak``;
+        the result keeps ``sum_k w_k m_ak`` (``defined_fraction``).
+    scale
+        Optional per-input standard deviation ``(F,)`` of the standardisation
+        ``x = (u - mu) / sigma``: coefficients in the original inputs ``u``,
+        ``t_a(u) = t_a(x) * prod_{i in a} 1/sigma_i`` (same Taylor factors).
+        Default: derivatives in the inputs as given.
+    bootstrap
+        Optional float ``(B, N)`` resampling counts
+        (:func:`hepnn.taylor.uncertainty.bootstrap_counts`): the sums are also
+        accumulated per replica, from the same per-event coefficients.
 
     Returns
     -------
@@ -372,8 +390,12 @@ def mean_abs_taylor(
     w = event_weights(weights, n_ev)
     dtype, device = model_dtype(model, x), model_device(model)
     terms = taylor_terms(feats, orders)
-    acc = {o: torch.zeros(math.comb(len(feats) + o - 1, o), dtype=torch.float64) for o in orders}
-    sum_w = 0.0
+    sums = TermSums(
+        feats, orders, w,
+        defined=_checked_rows("defined", defined, n_ev, n_feats),
+        scale=None if scale is None else _checked_scale(scale, n_feats),
+        counts=_checked_rows("bootstrap", bootstrap, None, n_ev),
+    )  # fmt: skip
     _warn_relu(model, orders, output, stacklevel=3)
     with evaluation(model):
         for start in track_progress(range(0, n_ev, chunk_size), progress, "Taylor coefficients"):
@@ -381,17 +403,13 @@ def mean_abs_taylor(
             xc = as_chunk(x, start, stop, dtype, device)
             if start == 0:
                 warn_unstandardised(xc, stacklevel=3)
-            coeffs = _coefficients(model, xc, feats, orders, output, resolved)
-            wc = None if w is None else torch.from_numpy(w[start:stop])
-            for o, t in coeffs.items():
-                at = t.abs().cpu()
-                # float64 sums: the result does not depend on the chunking
-                acc[o] += at.sum(0, dtype=torch.float64) if wc is None else wc @ at.double()
-            sum_w += float(stop - start) if w is None else float(w[start:stop].sum())
+            sums.add(start, stop, _coefficients(model, xc, feats, orders, output, resolved))
+    sum_w = sums.sum_w
     if not sum_w > 0:
         msg = f"sum of weights must be positive, got {sum_w}"
         raise ValueError(msg)
-    values = torch.cat([acc[o] for o in orders]).numpy() / sum_w
+    values = sums.values()
+    boot_sums, boot_weights = sums.bootstrap()
     return TaylorResult(
         terms=terms,
         names=["*".join(names[i] for i in t) for t in terms],
@@ -403,4 +421,30 @@ def mean_abs_taylor(
         weighted=w is not None,
         method=resolved,
         input_names=names,
+        inputs="standardised" if scale is None else "unscaled",
+        defined_weights=sums.defined_weights(),
+        boot_sums=boot_sums,
+        boot_weights=boot_weights,
     )
+
+
+def _checked_rows(
+    name: str, arr: np.ndarray | None, rows: int | None, cols: int
+) -> np.ndarray | None:
+    """``arr`` as a 2D array with ``cols`` columns (and ``rows`` rows if given), or None."""
+    if arr is None:
+        return None
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.shape[1] != cols or (rows is not None and arr.shape[0] != rows):
+        want = f"({rows if rows is not None else 'B'}, {cols})"
+        msg = f"{name} must have shape {want}, got {arr.shape}"
+        raise ValueError(msg)
+    return arr.astype(bool) if name == "defined" else arr.astype(np.float64)
+
+
+def _checked_scale(scale: Sequence[float] | np.ndarray, n_feats: int) -> np.ndarray:
+    arr = np.asarray(scale, dtype=np.float64).reshape(-1)
+    if arr.shape != (n_feats,) or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        msg = f"scale must hold {n_feats} positive finite standard deviations, got {arr.shape}"
+        raise ValueError(msg)
+    return arr

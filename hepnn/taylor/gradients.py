@@ -8,6 +8,7 @@ collapses a constituent map to one value per feature.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,40 @@ from hepnn.taylor.inputs import (
 )
 from hepnn.taylor.mlp import output_chain
 
-__all__ = ["aggregate_constituents", "mean_abs_gradient"]
+__all__ = ["GradientSums", "aggregate_constituents", "gradient_sums", "mean_abs_gradient"]
+
+
+@dataclass
+class GradientSums:
+    """Float64 sums of a first-order map, per input element.
+
+    Attributes
+    ----------
+    num, den
+        ``sum_k w_k m_k |dy/dx|`` and ``sum_k w_k m_k`` (shape ``x.shape[1:]``).
+    boot_num, boot_den
+        The same per bootstrap replica ``(B, *x.shape[1:])``, or None.
+    """
+
+    num: np.ndarray
+    den: np.ndarray
+    boot_num: np.ndarray | None = None
+    boot_den: np.ndarray | None = None
+
+    def mean(self) -> np.ndarray:
+        """``num / den`` (NaN where ``den`` is 0)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(
+                self.den != 0, self.num / np.where(self.den != 0, self.den, 1.0), np.nan
+            )
+
+    def replica_means(self) -> np.ndarray | None:
+        """``(B, ...)`` maps of the bootstrap replicas, or None."""
+        if self.boot_num is None or self.boot_den is None:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = self.boot_den != 0
+            return np.where(ok, self.boot_num / np.where(ok, self.boot_den, 1.0), np.nan)
 
 
 def _broadcast_mask(mask: Any, x_shape: tuple[int, ...]) -> np.ndarray:
@@ -42,7 +76,7 @@ def _broadcast_mask(mask: Any, x_shape: tuple[int, ...]) -> np.ndarray:
     return m.reshape(m.shape[0], *([1] * (len(x_shape) - m.ndim)), *m.shape[1:])
 
 
-def mean_abs_gradient(
+def gradient_sums(
     model: nn.Module,
     x: torch.Tensor | np.ndarray,
     *,
@@ -52,9 +86,9 @@ def mean_abs_gradient(
     chunk_size: int = 2000,
     progress: bool = False,
     check_inputs: bool = True,
-    return_norm: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """First-order Taylor map ``<|dy/dx|>`` per input element (pixel, constituent feature).
+    bootstrap: np.ndarray | None = None,
+) -> GradientSums:
+    """The sums behind :func:`mean_abs_gradient`, optionally per bootstrap replica.
 
     Works for any input shape: images ``(N, C, H, W)`` give a ``(C, H, W)`` map,
     constituent sequences ``(N, C, P)`` a ``(C, P)`` map. One backward pass per
@@ -80,15 +114,14 @@ def mean_abs_gradient(
         Show a progress bar.
     check_inputs
         Warn if the first chunk looks unstandardised.
-    return_norm
-        Also return the denominator ``sum_k w_k mask_k`` per element (for
-        :func:`aggregate_constituents`).
+    bootstrap
+        Optional float ``(B, N)`` resampling counts
+        (:func:`hepnn.taylor.uncertainty.bootstrap_counts`): the same sums per
+        replica, from the same per-event gradients (none recomputed).
 
     Returns
     -------
-    numpy.ndarray or (numpy.ndarray, numpy.ndarray)
-        float64 map of shape ``x.shape[1:]`` (NaN where the mask is never set),
-        and the per-element norm if ``return_norm``.
+    GradientSums
     """
     check_choice("output", output, OUTPUTS)
     n_ev = int(x.shape[0])
@@ -102,6 +135,12 @@ def mean_abs_gradient(
     num = torch.zeros(shape[1:], dtype=torch.float64)
     g_size = math.prod(shape[1:])
     den = torch.zeros(shape[1:], dtype=torch.float64)
+    counts = None if bootstrap is None else np.asarray(bootstrap, dtype=np.float64)
+    if counts is not None and (counts.ndim != 2 or counts.shape[1] != n_ev):
+        msg = f"bootstrap must have shape (B, {n_ev}), got {counts.shape}"
+        raise ValueError(msg)
+    b_num = None if counts is None else torch.zeros((counts.shape[0], g_size), dtype=torch.float64)
+    b_den = None if counts is None else torch.zeros((counts.shape[0], g_size), dtype=torch.float64)
     with evaluation(model):
         for start in track_progress(range(0, n_ev, chunk_size), progress, "gradient map"):
             stop = min(start + chunk_size, n_ev)
@@ -119,10 +158,54 @@ def mean_abs_gradient(
             if m is not None:
                 wk = wk * torch.from_numpy(m[start:stop]).to(torch.float64)
             wk = wk.expand(stop - start, *shape[1:])
-            num += (wk * g.reshape(stop - start, *shape[1:]).abs().to(torch.float64).cpu()).sum(0)
+            per_event = wk * g.reshape(stop - start, *shape[1:]).abs().to(torch.float64).cpu()
+            num += per_event.sum(0)
             den += wk.sum(0)
+            if counts is not None and b_num is not None and b_den is not None:
+                cc = torch.from_numpy(counts[:, start:stop])
+                b_num += cc @ per_event.reshape(stop - start, g_size)
+                b_den += cc @ wk.reshape(stop - start, g_size)
+    return GradientSums(
+        num.numpy(),
+        den.numpy(),
+        None if b_num is None else b_num.reshape(-1, *shape[1:]).numpy(),
+        None if b_den is None else b_den.reshape(-1, *shape[1:]).numpy(),
+    )
+
+
+def mean_abs_gradient(
+    model: nn.Module,
+    x: torch.Tensor | np.ndarray,
+    *,
+    weights: torch.Tensor | np.ndarray | None = None,
+    mask: torch.Tensor | np.ndarray | None = None,
+    output: str = "sigmoid",
+    chunk_size: int = 2000,
+    progress: bool = False,
+    check_inputs: bool = True,
+    return_norm: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """First-order Taylor map ``<|dy/dx|>`` per input element (pixel, constituent feature).
+
+    Works for any input shape: images ``(N, C, H, W)`` give a ``(C, H, W)`` map,
+    constituent sequences ``(N, C, P)`` a ``(C, P)`` map. One backward pass per
+    chunk of ``sum_k y_k`` (events independent in eval mode). Parameters as in
+    :func:`gradient_sums`; ``return_norm`` also returns the denominator
+    ``sum_k w_k mask_k`` per element (for :func:`aggregate_constituents`).
+
+    Returns
+    -------
+    numpy.ndarray or (numpy.ndarray, numpy.ndarray)
+        float64 map of shape ``x.shape[1:]`` (NaN where the mask is never set),
+        and the per-element norm if ``return_norm``.
+    """
+    sums = gradient_sums(
+        model, x, weights=weights, mask=mask, output=output, chunk_size=chunk_size,
+        progress=progress, check_inputs=check_inputs,
+    )  # fmt: skip
+    num, den = torch.from_numpy(sums.num), torch.from_numpy(sums.den)
     out = torch.where(den != 0, num / den.where(den != 0, torch.ones_like(den)), torch.nan).numpy()
-    return (out, den.numpy()) if return_norm else out
+    return (out, sums.den) if return_norm else out
 
 
 def aggregate_constituents(

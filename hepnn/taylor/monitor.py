@@ -44,8 +44,9 @@ class TaylorMonitor:
         the first call; all events if there are fewer).
     seed
         Seed of the subsample choice.
-    orders, output, method, chunk_size, input_names
-        Passed to :func:`hepnn.taylor.mean_abs_taylor`.
+    orders, output, method, chunk_size, input_names, features
+        Passed to :func:`hepnn.taylor.mean_abs_taylor` (``features``: the input
+        indices whose terms are ranked, e.g. without helper inputs; default all).
     top
         Terms drawn in the history plot.
     formats
@@ -65,6 +66,7 @@ class TaylorMonitor:
         method: str = "auto",
         chunk_size: int = 2000,
         input_names: Sequence[str] | None = None,
+        features: Sequence[int] | None = None,
         top: int = 10,
         formats: Sequence[str] = ("png",),
     ) -> None:
@@ -81,6 +83,7 @@ class TaylorMonitor:
         self.method = method
         self.chunk_size = chunk_size
         self.input_names = None if input_names is None else list(input_names)
+        self.features = None if features is None else list(features)
         self.top = top
         self.formats = tuple(formats)
         self.history: list[tuple[int, TaylorResult]] = []
@@ -122,6 +125,7 @@ class TaylorMonitor:
                 method=self.method,
                 chunk_size=self.chunk_size,
                 input_names=self.input_names,
+                features=self.features,
             )
         finally:
             model.train(was_training)

@@ -22,9 +22,10 @@ import numpy as np
 from hepnn.files import atomic_path, atomic_text, json_text
 from hepnn.taylor.result import TaylorResult, output_description
 
-__all__ = ["write_history", "write_ranking"]
+__all__ = ["write_helpers", "write_history", "write_ranking"]
 
 COLUMNS = ("rank", "term", "order", "value")
+HELPER_COLUMNS = ("input", "value", "n_events")
 HISTORY_COLUMNS = ("epoch", "term", "order", "value")
 #: Bar colours by order (matplotlib default cycle: blue, orange, green).
 ORDER_COLOURS = {1: "C0", 2: "C1", 3: "C2"}
@@ -50,6 +51,17 @@ def _fmt(value: float) -> str:
     return repr(float(value))
 
 
+def _cell(value: Any) -> str:
+    """CSV cell: full-precision floats, empty for None, ``true``/``false`` for booleans."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _fmt(value)
+    return str(value)
+
+
 # --------------------------------------------------------------------- ranking
 
 
@@ -60,22 +72,65 @@ def _convention_lines(result: TaylorResult) -> list[str]:
         if result.weighted
         else "unweighted"
     )
-    return [
+    if result.inputs == "unscaled":
+        inputs = (
+            "Derivatives are taken in the original (unscaled) inputs: each standardised "
+            "derivative times 1/sigma_i per derivative in feature i."
+        )
+    else:
+        inputs = "Derivatives are taken in the network's prepared, standardised inputs."
+    lines = [
         f"Taylor-coefficient ranking (Wunsch et al., arXiv:1803.08782) of {meta['output']}.",
-        "Derivatives are taken in the network's prepared, standardised inputs.",
+        inputs,
         f"Value: <t_a> = sum_k w_k |t_a(x_k)| / sum_k w_k over {result.n_events} events, {weights}.",
         "Taylor factors: t_ii = (1/2) d2y/dx_i2, a mixed pair t_ij (i<j) is counted once; "
         "third order 1/6 (iii), 1/2 (iij), 1 (ijk). All orders are ranked together.",
     ]
+    if result.has_errors:
+        n_boot = 0 if result.boot_sums is None else result.boot_sums.shape[0]
+        lines += [
+            "Each term is averaged only over the events where all of its features are defined "
+            "(defined = that fraction of the events); helper inputs (missing flags) are not ranked.",
+            f"Errors: stat = std of {n_boot} event-bootstrap replicas; "
+            + (
+                f"train = std over {len(result.train_labels)} retrained models "
+                f"({result.train_basis})"
+                if result.train_labels
+                else "train = none (a single model: no ensemble members, no k folds)"
+            )
+            + "; err = both in quadrature.",
+            "z = (value - next value) / uncertainty of that difference (from the same replicas, "
+            "correlations included); ≈ marks a term not separated from the next one (z <= 2).",
+        ]
+    return lines
+
+
+def _num(value: float | None, spec: str = ".3g") -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def _markdown(result: TaylorResult, model_name: str, records: list[dict[str, Any]]) -> str:
     lines = [f"### Taylor ranking: {model_name}", ""]
     lines += [*_convention_lines(result), ""]
-    lines += ["| rank | term | order | <\\|t\\|> |", "|---:|:---|---:|---:|"]
+    if result.has_errors:
+        lines += [
+            "| rank | term | order | <\\|t\\|> | ± err | ± stat | ± train | defined | z to next |",
+            "|---:|:---|---:|---:|---:|---:|---:|---:|:---|",
+        ]
+    else:
+        lines += ["| rank | term | order | <\\|t\\|> |", "|---:|:---|---:|---:|"]
     for rec in records:
         term = str(rec["term"]).replace("|", "\\|").replace("*", "\\*")
-        lines.append(f"| {rec['rank']} | {term} | {rec['order']} | {rec['value']:.4g} |")
+        row = f"| {rec['rank']} | {term} | {rec['order']} | {_num(rec['value'], '.4g')} |"
+        if result.has_errors:
+            z = rec["z_next"]
+            mark = "" if rec["separated"] is not False else " ≈"
+            row += (
+                f" {_num(rec['err'], '.2g')} | {_num(rec['err_stat'], '.2g')} |"
+                f" {_num(rec['err_train'], '.2g')} | {rec['defined_fraction']:.3f} |"
+                f" {_num(z, '.3g')}{mark} |"
+            )
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
@@ -93,7 +148,13 @@ def _plot_ranking(
         ypos = np.arange(len(records))[::-1]
         values = [r.value for r in records]
         colours = [ORDER_COLOURS.get(r.order, "C3") for r in records]
-        ax.barh(ypos, values, color=colours, height=0.7)
+        errs = None
+        if result.has_errors:
+            order = np.argsort(-result.values, kind="stable")[: len(records)]
+            errs = np.nan_to_num(result.err[order])
+        ax.barh(
+            ypos, values, color=colours, height=0.7, xerr=errs, capsize=3 if errs is not None else 0
+        )
         ax.set_yticks(ypos, [r.term for r in records], fontsize=14)
         ax.set_xlabel(r"$\langle |t_\alpha| \rangle$")
         if log_x:
@@ -163,18 +224,27 @@ def write_ranking(
     Notes
     -----
     CSV and Markdown columns: ``rank, term, order, value`` (rank from 1, term
-    the feature names joined by ``*``). The JSON holds ``{"metadata": {...},
-    "columns": [...], "ranking": [{rank, term, order, value}, ...]}`` where the
-    metadata states the convention: differentiated output, standardised
-    inputs, weights, number of events, Taylor factors.
+    the feature names joined by ``*``), then, when the result carries
+    uncertainties (:attr:`TaylorResult.has_errors`), ``err_stat, err_train,
+    err, defined_fraction, z_next, separated`` (empty / null when not
+    available). The JSON holds ``{"metadata": {...}, "columns": [...],
+    "ranking": [{rank, term, order, value, ...}, ...]}`` (and the per-model
+    ``training_replicas`` values) where the metadata states the convention:
+    differentiated output, standardised or unscaled inputs, weights, number of
+    events, Taylor factors, and what every error means. The plot draws ``err``
+    as error bars.
     """
     folder = Path(outdir) / "ranking"
     records = result.to_records(top)
+    columns = result.columns()
     paths: dict[str, Path] = {}
 
     paths["csv"] = folder / f"{model_name}.csv"
-    rows = [[r["rank"], r["term"], r["order"], _fmt(r["value"])] for r in records]
-    atomic_text(paths["csv"], _csv_text(COLUMNS, rows))
+    if result.has_errors:
+        rows = [[_cell(r[c]) for c in columns] for r in records]
+    else:
+        rows = [[r["rank"], r["term"], r["order"], _fmt(r["value"])] for r in records]
+    atomic_text(paths["csv"], _csv_text(columns, rows))
 
     paths["json"] = folder / f"{model_name}.json"
     meta = {
@@ -182,7 +252,15 @@ def write_ranking(
         **result.metadata(),
         "convention": " ".join(_convention_lines(result)),
     }
-    doc = {"metadata": meta, "columns": list(COLUMNS), "ranking": records}
+    doc: dict[str, Any] = {"metadata": meta, "columns": columns, "ranking": records}
+    if result.train_values is not None:
+        doc["training_replicas"] = {
+            "labels": list(result.train_labels),
+            "values": {
+                name: [float(v) for v in result.train_values[:, i]]
+                for name, i in ((r["term"], result.names.index(r["term"])) for r in records)
+            },
+        }
     atomic_text(paths["json"], json_text(doc))
 
     paths["md"] = folder / f"{model_name}.md"
@@ -193,6 +271,35 @@ def write_ranking(
         n_bars = plot_top if top is None else min(plot_top, top)
         _plot_ranking(result, model_name, n_bars, log_x, plots)
         paths.update(plots)
+    return paths
+
+
+def write_helpers(
+    result: TaylorResult, outdir: str | os.PathLike[str], model_name: str
+) -> dict[str, Path]:
+    """Write the first-order ⟨|∂y/∂h|⟩ of helper inputs to ``ranking/<model>_helpers.{csv,md}``.
+
+    Helper inputs (0/1 missing-value flags) are not physics features and are
+    never ranked with them; this small table only says how strongly the network
+    output moves with each flag, for information. Columns ``input, value, n_events``.
+    """
+    folder = Path(outdir) / "ranking"
+    order = np.argsort(-result.values, kind="stable")
+    rows = [[result.names[i], _fmt(result.values[i]), result.n_events] for i in order]
+    paths = {"csv": folder / f"{model_name}_helpers.csv", "md": folder / f"{model_name}_helpers.md"}
+    atomic_text(paths["csv"], _csv_text(HELPER_COLUMNS, rows))
+    lines = [
+        f"### Helper inputs of {model_name} (not ranked)",
+        "",
+        f"First-order <|dy/dh|> of {output_description(result.output)} in each helper input "
+        f"(0/1 missing-value flag), over {result.n_events} events. A derivative in a binary "
+        "input is not a physics sensitivity: these inputs are reported apart, never ranked.",
+        "",
+        "| input | <\\|t\\|> |",
+        "|:---|---:|",
+    ]
+    lines += [f"| {name} | {float(value):.4g} |" for name, value, _ in rows]
+    atomic_text(paths["md"], "\n".join(lines) + "\n")
     return paths
 
 
