@@ -218,6 +218,18 @@ def summarise_bands(run: Run) -> None:
     run.files += files
 
 
+def review_networks(run: Run) -> None:
+    """``review/``: GoF of the top-ranked inputs against data, overtraining test, README (``review``)."""
+    if run.cfg.review is None or run.reader is None:
+        return
+    from hepnn.review import write_review
+
+    block, files = write_review(run.cfg, run.networks, run.reader, run.outdir, formats=run.formats)
+    for name, entry in block.items():
+        run.metrics.setdefault("networks", {}).setdefault(name, {}).update(entry)
+    run.files += files
+
+
 def write_results(run: Run) -> None:
     """``metrics.json``, ``config.resolved.yaml``, ``hists.pkl`` and ``hists.root``."""
     from hepnn.outputs import write_pickle, write_root
@@ -295,6 +307,7 @@ STAGES: tuple[Callable[[Run], None], ...] = (
     evaluate_networks,
     cross_validate,
     summarise_bands,
+    review_networks,
     write_results,
     draw_plots,
     finish,

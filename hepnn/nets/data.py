@@ -129,7 +129,8 @@ class DataReader:
         self._data: dict[tuple[Any, ...], TrainingData] = {}
 
     def _dataset_names(self, name: str, spec: NetworkSpec) -> list[str]:
-        names = spec.datasets or list(self.datasets)
+        # collision data (metadata is_data: true) is never trained on unless named
+        names = spec.datasets or [n for n, d in self.datasets.items() if not d.metadata.get("is_data")]
         for ds in names:
             if ds not in self.datasets:
                 msg = f"networks.{name}: unknown dataset {ds!r} (known: {', '.join(self.datasets)})"
