@@ -182,6 +182,16 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _review_mismodels_an_input(self) -> Config:
+        pd = self.review.pseudo_data if self.review is not None else None
+        if pd is not None and pd.mismodel is not None:
+            flat = [f for n in self.networks.values() if n.kind == "flat" for f in n.inputs.features]
+            if flat and pd.mismodel.feature not in flat:
+                msg = f"review.pseudo_data.mismodel.feature: {pd.mismodel.feature!r} is not a flat input of any network"
+                raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
     def _cross_validation_needs_networks(self) -> Config:
         if self.cross_validation is not None and not any(n.train for n in self.networks.values()):
             msg = "cross_validation needs at least one network to train (networks: ...)"

@@ -223,6 +223,10 @@ def test_review_section_is_validated_strictly() -> None:
         ("review.flag_p=2", "review.flag_p"),
         ("review.pseudo_data.mismodel.scale=-1", "review.pseudo_data.mismodel.scale"),
         ("review.colour=red", "'review.colour'"),
+        (
+            "review.pseudo_data.mismodel.feature=PRI_x",
+            "mismodel.feature: 'PRI_x' is not a flat input",
+        ),
     ]:
         with pytest.raises(ConfigError, match=rf"higgs.yaml: .*{where}") as err:
             load_config(REPO / "configs" / "higgs.yaml", [bad])

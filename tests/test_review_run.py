@@ -264,7 +264,7 @@ def test_hepnn_review_bad_settings_are_one_line(trained) -> None:
     assert res.exit_code == 2
     assert res.output.strip().count("\n") == 0
     assert (
-        "review.pseudo_data.mismodel.feature: 'PRI_nope' is not an input of network 'dnn'"
+        "review.pseudo_data.mismodel.feature: 'PRI_nope' is not a flat input of any network"
         in res.output
     )
 

@@ -94,10 +94,14 @@ def plot_overtraining(
     if not formats:
         return []
     n = len(arrays)
-    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 4.2), squeeze=False)
+    ncols = min(n, 2)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
     edges = np.linspace(0.0, 1.0, bins + 1)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    for ax, entry, scores in zip(axes[0], summary["models"], arrays, strict=True):
+    for ax, entry, scores in zip(axes.flat[:n], summary["models"], arrays, strict=True):
         for (cls, _), colour in zip(CLASSES, ("C3", "C0"), strict=True):
             tr, te = scores[f"{cls}_train"], scores[f"{cls}_held_out"]
             if len(tr):
