@@ -24,6 +24,7 @@ import numpy as np
 from hepnn.errors import ConfigError, InputError
 from hepnn.files import atomic_text, write_json
 from hepnn.nets.apply import get_network
+from hepnn.nets.inputs import make_builder
 from hepnn.review.gof import GofResult, Sample, Term, read_ranking, term_gof
 from hepnn.review.overtraining import overtraining_test, plot_overtraining
 from hepnn.review.plots import file_stem, plot_term
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from hepnn.config import Config, ReviewConfig
     from hepnn.nets.data import DataReader
     from hepnn.nets.lifecycle import PreparedNetwork
+    from hepnn.nets.spec import NetworkSpec
     from hepnn.nets.store import LoadedNetwork
     from hepnn.samples import Dataset
 
@@ -71,31 +73,23 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def _samples(
-    loaded: LoadedNetwork, reader: DataReader, settings: ReviewConfig, seed: int
+    name: str, spec: NetworkSpec, reader: DataReader, settings: ReviewConfig, seed: int
 ) -> tuple[Sample, Sample, str] | str:
-    """(simulation, data, label), or why there is nothing to compare."""
-    spec = loaded.meta["settings"]
-    features = loaded.features
-    weight, id_col = spec.get("weight", "Weight"), loaded.split.id_column
-    sim_names = [n for n, d in reader.datasets.items() if not is_data(d)]
-    data_names = [n for n, d in reader.datasets.items() if is_data(d)]
-    if not sim_names:
-        return "no simulated dataset (every dataset has is_data: true)"
-    cols = reader.read_columns(sim_names, list(features), [weight, id_col])
-    w = (
-        np.asarray(cols[weight], dtype=np.float64)
-        if weight in cols
-        else np.ones(len(cols[features[0]]))
-    )
-    sim = Sample(loaded.builder.raw(cols), list(features), w)
+    """(simulation, data, what the data are), or why there is nothing to compare.
+
+    The simulation is the network's own training rows (read once per run by the
+    :class:`~hepnn.nets.data.DataReader`: every non-data dataset unless the network
+    names its ``datasets``); data rows are read from the ``is_data`` datasets.
+    """
+    features = list(spec.inputs.features)
+    train = reader.training_data(name, spec)
+    w = train.weights if train.weights is not None else np.ones(len(train))
+    sim = Sample(train.raw, features, w)
     pd = settings.pseudo_data
     if pd is not None:
-        if id_col not in cols:
-            msg = f"review.pseudo_data: the simulation has no event-id branch {id_col!r}"
-            raise InputError(msg)
         mm = pd.mismodel
         rest, data = pseudo_data(
-            sim, cols[id_col], fraction=pd.fraction, seed=seed if pd.seed is None else pd.seed,
+            sim, train.ids, fraction=pd.fraction, seed=seed if pd.seed is None else pd.seed,
             feature=mm.feature if mm else None, scale=mm.scale if mm else 1.0,
             shift=mm.shift if mm else 0.0,
         )  # fmt: skip
@@ -103,38 +97,36 @@ def _samples(
         if mm is not None:
             what += f" ({mm.feature} → {mm.scale:g} · {mm.feature} + {mm.shift:g}, deliberately mismodelled)"
         return rest, data, what
+    data_names = [n for n, d in reader.datasets.items() if is_data(d)]
     if not data_names:
         return "no data: mark collision-data datasets with metadata: {is_data: true}, or configure review.pseudo_data"
-    dcols = reader.read_columns(data_names, list(features), [])
-    raw = loaded.builder.raw(dcols)
-    return (
-        sim,
-        Sample(raw, list(features), np.ones(len(raw))),
-        "data (" + ", ".join(data_names) + ")",
-    )
+    builder = make_builder(spec.inputs)
+    raw = builder.raw(reader.read_columns(data_names, features, []))
+    return sim, Sample(raw, features, np.ones(len(raw))), "data (" + ", ".join(data_names) + ")"
 
 
 def review_gof(
-    name: str, loaded: LoadedNetwork, reader: DataReader, settings: ReviewConfig, outdir: Path,
+    name: str, spec: NetworkSpec, loaded: LoadedNetwork, reader: DataReader, settings: ReviewConfig,
+    outdir: Path,
     *, seed: int, formats: tuple[str, ...], files: list[Path] | None = None,
 ) -> NetworkReview:  # fmt: skip
     """The input-space comparison of one flat network (plots to ``outdir/review/plots``)."""
     rev = NetworkReview(name, loaded.meta)
     ranking = outdir / "ranking" / f"{name}.csv"
     if ranking.is_file():
-        terms = read_ranking(ranking, settings.top, loaded.features)
+        terms = read_ranking(ranking, settings.top, spec.inputs.features)
         rev.terms_from = f"the top {settings.top} terms of `ranking/{name}.csv` (missing-value flags and third order left out)"
     else:
-        terms = [Term(f, 1, i + 1) for i, f in enumerate(loaded.features[: settings.top])]
+        terms = [Term(f, 1, i + 1) for i, f in enumerate(spec.inputs.features[: settings.top])]
         rev.terms_from = f"no ranking (`ranking/{name}.csv` absent: add a `taylor` section): the first {len(terms)} inputs in config order"
     if settings.pseudo_data is not None and settings.pseudo_data.mismodel is not None:
         feat = settings.pseudo_data.mismodel.feature
-        if feat not in loaded.features:
+        if feat not in spec.inputs.features:
             msg = (
                 f"review.pseudo_data.mismodel.feature: {feat!r} is not an input of network {name!r}"
             )
             raise ConfigError(msg)
-    got = _samples(loaded, reader, settings, seed)
+    got = _samples(name, spec, reader, settings, seed)
     if isinstance(got, str):
         rev.gof_note = got
         return rev
@@ -186,7 +178,15 @@ def write_review(
         loaded = get_network(net.path)
         if loaded.kind == "flat":
             rev = review_gof(
-                name, loaded, reader, settings, outdir, seed=cfg.seed, formats=formats, files=files
+                name,
+                net.spec,
+                loaded,
+                reader,
+                settings,
+                outdir,
+                seed=cfg.seed,
+                formats=formats,
+                files=files,
             )
         else:
             rev = NetworkReview(
