@@ -282,3 +282,28 @@ def test_hepnn_run_with_a_review_section(tmp_path: Path) -> None:
     assert "review/README.md" in json.dumps(manifest)
     readme = (out / "review" / "README.md").read_text(encoding="utf-8")
     assert "score_dnn_bands" in readme  # the band plots of the run
+
+
+def test_is_data_datasets_get_no_network_metrics(trained, higgs_reader) -> None:
+    """The same scored events as simulation get metrics; marked is_data, they get none."""
+    import dataclasses
+
+    from hepnn.columns import Columns
+    from hepnn.nets.apply import apply_network, get_network
+    from hepnn.nets.report import network_report
+
+    _, out = trained
+    loaded = get_network(out / "models" / "dnn")
+    data = higgs_reader.training_data(
+        "dnn", _flat_spec({"method": "kfold", "folds": 4, "id_column": "EventId"})
+    )
+    score = apply_network(loaded, {}, event_ids=data.ids, raw=data.raw)
+    cols = Columns({"EventId": data.ids, "Label": data.labels, "score_dnn": score})
+    sim = higgs_reader.datasets["higgs_challenge"]
+    as_data = dataclasses.replace(sim, metadata={**sim.metadata, "is_data": True})
+    metrics, _ = network_report({"dnn": out / "models" / "dnn"}, {}, {"higgs_challenge": cols},
+                                {"higgs_challenge": sim}, out / "p", formats=())  # fmt: skip
+    assert metrics["networks"]["dnn"]["datasets"]["higgs_challenge"]["rows"] == 18_000
+    metrics, _ = network_report({"dnn": out / "models" / "dnn"}, {}, {"higgs_challenge": cols},
+                                {"higgs_challenge": as_data}, out / "p", formats=())  # fmt: skip
+    assert metrics == {}

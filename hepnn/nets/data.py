@@ -3,6 +3,8 @@
 >>> reader = DataReader(datasets)
 >>> data = reader.training_data("dnn", spec)   # TrainingData: raw inputs, labels, ids, ...
 
+A network trains on its ``datasets`` (default: every dataset that is not collision
+data, i.e. without ``metadata: {is_data: true}``: data is never trained on unless named).
 Flat networks read their feature, label, id (and weight) branches; jet networks read
 every jet of the FatJet-like collection with its PF constituents
 (:func:`hepnn.jets.batch.fatjet_batch`). Only the needed branches are read, with
