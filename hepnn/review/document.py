@@ -73,6 +73,14 @@ def _gof_section_body(rev: NetworkReview, settings: ReviewConfig) -> str:
     n_flag = sum(r.flagged for r in rev.gof)
     text = [
         f"Simulation compared with {rev.compared_with}; terms: {rev.terms_from}.\n",
+        *(
+            [
+                "**A closure test: the pseudo-data are drawn from the simulation (independent events), "
+                "not collision data.**\n"
+            ]
+            if rev.compared_with.startswith("pseudo-data")
+            else []
+        ),
         f"{n_flag} of {len(rev.gof)} terms flagged (expected by chance: "
         f"{len(rev.gof) * settings.flag_p:.2f} if simulation and data agree; the terms share events, "
         "so their tests are correlated).\n",
