@@ -94,8 +94,10 @@ def _samples(
             shift=mm.shift if mm else 0.0,
         )  # fmt: skip
         what = "pseudo-data"
-        if mm is not None:
+        if mm is not None and (mm.scale != 1.0 or mm.shift != 0.0):
             what += f" ({mm.feature} → {mm.scale:g} · {mm.feature} + {mm.shift:g}, deliberately mismodelled)"
+        else:
+            what += " (no input mismodelled: every flag is a false alarm)"
         return rest, data, what
     data_names = [n for n, d in reader.datasets.items() if is_data(d)]
     if not data_names:
