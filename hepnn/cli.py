@@ -1,4 +1,4 @@
-"""The ``hepnn`` command: ``run``, ``plot``, ``inspect``, ``validate``, ``generate``, ``list``.
+"""The ``hepnn`` command: ``run``, ``review``, ``plot``, ``inspect``, ``validate``, ``generate``, ``list``.
 
 Bad input ends with ``error: <one line>`` and a non-zero exit status; add
 ``--debug`` (before the subcommand) for the traceback.
@@ -235,6 +235,50 @@ def rank(
         if f.suffix == ".md":
             click.echo(f.read_text(encoding="utf-8"))
     console.print(f"wrote {len(run.files)} files to {out / 'ranking'}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--outdir", type=click.Path(file_okay=False), help="Run folder [outputs/<config name>]."
+)
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Networks to review [OUTDIR/models].",
+)
+@click.option(
+    "--samples", type=click.Path(dir_okay=False), help="Simulation and data (is_data: true) to compare."
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@_handle_errors
+def review(
+    config: str, outdir: str | None, models_dir: str | None, samples: str | None, sets: tuple[str, ...]
+) -> None:
+    """Write OUTDIR/review/ for CONFIG's trained networks: GoF against data, overtraining, README.md.
+
+    Uses the config's review section (defaults without one) and the ranking in
+    OUTDIR/ranking when present; metrics.json is left as it is (the overtraining
+    test goes to review/overtraining.json).
+    """
+    from hepnn.config import ReviewConfig
+    from hepnn.nets.data import DataReader
+    from hepnn.nets.lifecycle import prepare_networks
+    from hepnn.pipeline import cache_dir, default_outdir
+    from hepnn.review import write_review
+    from hepnn.samples import load_samples, resolve_samples
+
+    cfg = _load(config, sets, samples=samples)
+    if cfg.review is None:
+        cfg.review = ReviewConfig()
+    out = Path(outdir) if outdir else default_outdir(cfg)
+    mdir = Path(models_dir) if models_dir else out / "models"
+    reader = DataReader(resolve_samples(load_samples(cfg.samples), cache_dir()))
+    networks = prepare_networks(cfg, reader, out, mdir)
+    formats = tuple(cfg.outputs.plot_formats) if cfg.outputs.plots else ()
+    _, files = write_review(cfg, networks, reader, out, formats=formats)
+    console.print(f"wrote {len(files)} files to {out / 'review'} (start with README.md)")
 
 
 @main.command()

@@ -209,6 +209,35 @@ SchemaName = Literal[
 ]
 
 
+class MismodelConfig(_Strict):
+    """A deliberate mismodelling of one input in the pseudo-data: ``x -> scale * x + shift``."""
+
+    feature: str = Field(..., min_length=1, description="a flat input of the network")
+    scale: float = Field(1.0, gt=0)
+    shift: float = 0.0
+
+
+class PseudoDataConfig(_Strict):
+    """Pseudo-data drawn from the simulation (hepnn.review.pseudo): a closure test."""
+
+    fraction: float = Field(0.5, gt=0, lt=1, description="share of events (by id hash) in the pool")
+    seed: int | None = Field(None, ge=0, description="default: the config seed")
+    mismodel: MismodelConfig | None = None
+
+
+class ReviewConfig(_Strict):
+    """``review/``: input-space goodness of fit, overtraining test, one document (hepnn.review)."""
+
+    top: int = Field(20, ge=1, description="ranked terms compared with data, per flat network")
+    min_expected: float = Field(20.0, ge=5, description="expected data events per bin at least")
+    max_bins: int = Field(20, ge=2, description="bins per term at most (a pair: unrolled)")
+    flag_p: float = Field(0.01, gt=0, lt=1, description="p-value below which a test is flagged")
+    pseudo_data: PseudoDataConfig | None = Field(
+        None, description="compare with pseudo-data from the simulation instead of is_data datasets"
+    )
+    overtraining: bool = True
+
+
 class Config(_Strict):
     """The validated content of one ``configs/*.yaml``."""
 
@@ -247,6 +276,9 @@ class Config(_Strict):
         alias="schema",
         description="coffea schema of a processor that names none (hepnn.processors)",
     )
+    review: ReviewConfig | None = Field(
+        None, description="review/: GoF against data, overtraining, README (off unless configured)"
+    )
     _source: Path | None = PrivateAttr(default=None)
 
     @field_validator("name")
@@ -271,6 +303,16 @@ class Config(_Strict):
         cls, v: dict[str, SystematicConfig] | None
     ) -> dict[str, SystematicConfig] | None:
         return _check_systematics(v)
+
+    @model_validator(mode="after")
+    def _review_mismodels_an_input(self) -> Config:
+        pd = self.review.pseudo_data if self.review is not None else None
+        if pd is not None and pd.mismodel is not None:
+            flat = [f for n in self.networks.values() if n.kind == "flat" for f in n.inputs.features]
+            if flat and pd.mismodel.feature not in flat:
+                msg = f"review.pseudo_data.mismodel.feature: {pd.mismodel.feature!r} is not a flat input of any network"
+                raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _cross_validation_needs_networks(self) -> Config:
@@ -390,7 +432,10 @@ def config_source(cfg: Config) -> Path | None:
 
 def resolved_dict(cfg: Config) -> dict[str, Any]:
     """The resolved config as plain JSON-able data."""
-    return json.loads(cfg.model_dump_json())
+    data = json.loads(cfg.model_dump_json())
+    if data.get("review") is None:  # keeps configs without a review section hashed as before
+        data.pop("review", None)
+    return data
 
 
 def config_hash(cfg: Config) -> str:

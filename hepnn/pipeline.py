@@ -310,6 +310,18 @@ def summarise_systematics(run: Run) -> None:
     run.files += write_variation_tables(run.hists, run.outdir / "systematics", score_cut=cut)
 
 
+def review_networks(run: Run) -> None:
+    """``review/``: GoF of the top-ranked inputs against data, overtraining test, README (``review``)."""
+    if run.cfg.review is None or run.reader is None:
+        return
+    from hepnn.review import write_review
+
+    block, files = write_review(run.cfg, run.networks, run.reader, run.outdir, formats=run.formats)
+    for name, entry in block.items():
+        run.metrics.setdefault("networks", {}).setdefault(name, {}).update(entry)
+    run.files += files
+
+
 def write_results(run: Run) -> None:
     """``metrics.json``, ``config.resolved.yaml``, ``hists.pkl`` and ``hists.root``."""
     from hepnn.outputs import write_pickle, write_root
@@ -405,6 +417,7 @@ STAGES: tuple[Callable[[Run], None], ...] = (
     cross_validate,
     summarise_bands,
     summarise_systematics,
+    review_networks,
     write_results,
     draw_plots,
     finish,

@@ -246,7 +246,7 @@ def test_fatjet_energy_scale_scales_the_fatjet_histograms():
     for label, f in (("jesUp", 1.05), ("jesDown", 0.9)):
         pt = arrays.FatJet_pt * f
         sel = pt >= 170.0
-        w = ak.flatten(ak.broadcast_arrays(np.sign(arrays.genWeight), pt)[0][sel])
+        w = ak.flatten(ak.broadcast_arrays(arrays.genWeight, pt)[0][sel])  # genWeight itself
         for name, values in (
             ("fatjet_pt", pt[sel]),
             ("fatjet_msoftdrop", arrays.FatJet_msoftdrop[sel] * f),

@@ -3,6 +3,8 @@
 >>> reader = DataReader(datasets)
 >>> data = reader.training_data("dnn", spec)   # TrainingData: raw inputs, labels, ids, ...
 
+A network trains on its ``datasets`` (default: every dataset that is not collision
+data, i.e. without ``metadata: {is_data: true}``: data is never trained on unless named).
 Flat networks read their feature, label, id (and weight) branches; jet networks read
 every jet of the FatJet-like collection with its PF constituents
 (:func:`hepnn.jets.batch.fatjet_batch`). Only the needed branches are read, with
@@ -215,7 +217,8 @@ class DataReader:
         return pieces
 
     def _dataset_names(self, name: str, spec: NetworkSpec) -> list[str]:
-        names = spec.datasets or list(self.datasets)
+        # collision data (metadata is_data: true) is never trained on unless named
+        names = spec.datasets or [n for n, d in self.datasets.items() if not d.metadata.get("is_data")]
         for ds in names:
             if ds not in self.datasets:
                 msg = f"networks.{name}: unknown dataset {ds!r} (known: {', '.join(self.datasets)})"

@@ -216,6 +216,8 @@ def network_report(
         if not labelled.any():  # e.g. CMS data: scores, no metrics
             continue
         ds = datasets.get(dataset)
+        if ds is not None and ds.metadata.get("is_data"):  # collision data: no metrics
+            continue
         digests = {source_digest(f, ds.format) for f in ds.files} if ds is not None else set()
         heldout: dict[str, np.ndarray] = {}
         trained_split: dict[str, Any] | None = None

@@ -212,7 +212,7 @@ class NetworkSpec(_Strict):
     weight: str = Field("Weight", description="event-weight branch (flat inputs)")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
-    datasets: list[str] | None = Field(None, description="datasets to train on (default all)")
+    datasets: list[str] | None = Field(None, description="datasets to train on (default all but is_data ones)")
     max_events: int | None = Field(None, ge=1, description="train on the first N events (jets)")
     train: bool = Field(
         True, description="false: only applied when --models provides it (e.g. unlabelled data)"
