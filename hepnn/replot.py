@@ -42,7 +42,7 @@ __all__ = ["ranking_figure", "redraw"]
 #: Bar colours by Taylor order (as in :mod:`hepnn.taylor.tables`).
 ORDER_COLOURS = {1: "C0", 2: "C1", 3: "C2"}
 #: Columns that may hold an uncertainty of a ranking value (drawn as error bars).
-ERROR_COLUMNS = ("error", "std", "value_err", "value_std", "sd")
+ERROR_COLUMNS = ("err", "error", "std", "value_err", "value_std", "sd")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -117,6 +117,8 @@ def _rankings(outdir: Path, formats: list[str], top: int) -> list[Path]:
 
     written: list[Path] = []
     for path in sorted((outdir / "ranking").glob("*.csv")):
+        if path.stem.endswith("_helpers"):
+            continue  # helper inputs (missing flags): a table, never drawn by a run
         rows = _read_csv(path)
         if not rows:
             continue

@@ -26,6 +26,7 @@ import itertools
 from typing import Any
 
 from hepnn.errors import ConfigError
+from hepnn.paths import check_name
 
 DEFAULT_TREE = "Events"
 #: Dataset keys of coffea filesets that hepnn does not need.
@@ -88,6 +89,7 @@ def fileset_datasets(data: dict[str, Any], source: str) -> dict[str, dict[str, A
         raise ConfigError(msg)
     for name, value in data.items():
         ds = str(name)
+        check_name(ds, f"{source}: fileset")  # it names columns/<dataset>.parquet
         entry = {"files": value} if isinstance(value, list) else value
         if not isinstance(entry, dict) or "files" not in entry:
             msg = (

@@ -50,7 +50,10 @@ def image_map_figure(gmap: np.ndarray, channels: Sequence[str], title: str) -> F
         im = ax.imshow(gmap[c].T, origin="lower", cmap="viridis")
         ax.set_xlabel("η pixel (principal axis)")
         ax.set_ylabel("φ pixel")
-        ax.set_title(f"{title}: ⟨|∂y/∂pixel|⟩, channel {channels[c]}", fontsize=11)
+        ax.set_title(
+            rf"{title}: $\langle|\partial y/\partial$pixel$|\rangle$, channel {channels[c]}",
+            fontsize=11,
+        )
         fig.colorbar(im, ax=ax)
     return fig
 
@@ -80,7 +83,10 @@ def sequence_map_figure(fmap: np.ndarray, features: Sequence[str], title: str) -
     im = ax.imshow(fmap, aspect="auto", cmap="viridis", origin="lower")
     ax.set_yticks(range(len(features)), features)
     ax.set_xlabel("constituent (pT-ordered)")
-    ax.set_title(f"{title}: ⟨|∂y/∂x|⟩ per feature and constituent", fontsize=11)
+    ax.set_title(
+        rf"{title}: $\langle|\partial y/\partial x|\rangle$ per feature and constituent",
+        fontsize=11,
+    )
     fig.colorbar(im, ax=ax)
     return fig
 
