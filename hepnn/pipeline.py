@@ -250,6 +250,8 @@ def normalise(run: Run) -> None:
 
 def evaluate_networks(run: Run) -> None:
     """Held-out metrics of every network beside its baselines, ROC curves, average images."""
+    if not run.networks:
+        return  # nothing to evaluate (and torch and scikit-learn stay unimported)
     from hepnn.nets.report import network_report
 
     networks = {n: p.path for n, p in run.networks.items()}
@@ -274,6 +276,8 @@ def cross_validate(run: Run) -> None:
 
 def summarise_bands(run: Run) -> None:
     """MC-dropout / ensemble band summaries, their ROOT templates and plots."""
+    if not run.networks:
+        return  # no replicas without networks (and torch stays unimported)
     from hepnn.bands import band_outputs
     from hepnn.systematics import nominal_hists
 

@@ -205,3 +205,20 @@ def test_console_script_is_installed() -> None:
     from hepnn import __version__
 
     assert __version__ in out.stdout
+
+
+def test_a_run_without_networks_imports_no_torch(tmp_path: Path) -> None:
+    """Nothing heavy is imported that the run does not use (torch, scikit-learn)."""
+    code = (
+        "import sys\n"
+        "from hepnn.config import load_config\n"
+        "from hepnn.pipeline import run_config\n"
+        f"cfg = load_config({str(HIGGS)!r}, ['networks={{}}', 'taylor=null', 'review=null',"
+        " 'outputs.plots=false'])\n"
+        f"run_config(cfg, {str(tmp_path / 'out')!r}, progress=False)\n"
+        "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["complete"]

@@ -50,7 +50,6 @@ from hepnn.columns import Columns
 from hepnn.errors import InputError
 from hepnn.jets.batch import constituent_layout, fatjet_batch
 from hepnn.jets.nanoaod import fatjet_constituents
-from hepnn.nets.apply import jet_event_ids, jet_scores
 from hepnn.schemas import NanoSchema
 from hepnn.systematics import (
     NOMINAL,
@@ -243,6 +242,8 @@ class FatJets(Workflow):
         out["fatjet_constituent_status"].fill(dataset=dataset, status=status)
 
         scores = {}
+        if self.context.jet_networks:  # torch is imported only by a run with networks
+            from hepnn.nets.apply import jet_event_ids, jet_scores
         all_jets = (
             fatjet_batch(events, pt_min=None, entry_start=int(events.metadata["entrystart"]))
             if jes and batch is not None and self.context.jet_networks

@@ -36,11 +36,9 @@ import awkward as ak
 import hist
 import numpy as np
 
-from hepnn.bands import replica_hists
 from hepnn.columns import Columns
 from hepnn.io.higgs_layout import FEATURES, MISSING_VALUE
 from hepnn.io.missing import with_missing
-from hepnn.nets.apply import band_replicas, network_score
 from hepnn.schemas import BaseSchema
 from hepnn.systematics import (
     NOMINAL,
@@ -199,6 +197,9 @@ class Higgs(Workflow):
             columns["Label"] = ak.to_numpy(events.Label).astype(np.int8)
         if "Weight" in fields:
             columns["Weight"] = ak.to_numpy(events.Weight)
+        if self.context.flat_networks:  # torch is imported only by a run with networks
+            from hepnn.bands import replica_hists
+            from hepnn.nets.apply import band_replicas, network_score
         for net, path in self.context.flat_networks.items():
             score = network_score(path, events)
             columns[f"score_{net}"] = score
@@ -233,6 +234,7 @@ class Higgs(Workflow):
         """The network re-evaluated per variation; fills ``score_linear_<net>`` / ``syst_shift_<net>``."""
         if not varied:
             return {}
+        from hepnn.nets.apply import network_score
         from hepnn.nets.linear import input_gradients, linear_shift
 
         shifts = shift_hists(net, PROCESSES, list(varied))
