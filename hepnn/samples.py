@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import uproot
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from hepnn.config import format_validation_error, read_yaml
 from hepnn.errors import ConfigError, InputError
 from hepnn.io.remote import check_scheme, file_url_path, is_url
+from hepnn.io.rootfiles import open_root
 from hepnn.paths import check_name
 
 Format = Literal["root", "higgs-csv", "part-npy", "toy-gauss"]
@@ -216,7 +216,8 @@ def _count_root(path: Path | str, treename: str, source: Path | str) -> int:
 
         remote_info(str(path))  # one line naming the URL when it cannot be opened
     try:
-        with uproot.open({str(path): None}, timeout=60) as f:
+        f = open_root(path)  # kept open: the chunks of an in-process run reuse the parsed tree
+        try:
             if treename not in f:
                 msg = f"{source}: no tree {treename!r} (found: {', '.join(sorted({k.split(';')[0] for k in f.keys(recursive=False)})) or 'nothing'})"
                 raise InputError(msg)
@@ -225,6 +226,9 @@ def _count_root(path: Path | str, treename: str, source: Path | str) -> int:
                 msg = f"{source}: {treename!r} is a {type(tree).__name__}, not a TTree"
                 raise InputError(msg)
             return int(tree.num_entries)
+        finally:
+            if is_url(path):
+                f.close()
     except InputError:
         raise
     except Exception as err:  # uproot raises many types for a damaged file

@@ -28,6 +28,8 @@ import cloudpickle
 from hepnn.execution.chunks import Chunk
 from hepnn.execution.merge import ChunkKeyed
 from hepnn.files import sha256_bytes
+from hepnn.io.remote import is_url
+from hepnn.io.rootfiles import forget, open_root
 from hepnn.samples import Dataset
 
 
@@ -125,6 +127,8 @@ def run_chunk(payload: Payload, chunk: Chunk) -> dict[str, Any]:
         out = _events_and_process(wrapped, schema, meta, chunk, accessed)
     except Exception as err:
         read_error = _is_read_error(err)
+        if read_error:
+            forget(chunk.filename)  # a retry opens the file again
         branch = _last_branch(accessed) if read_error else None
         out = {
             "error": describe_failure(err, chunk, branch),
@@ -144,7 +148,6 @@ def _events_and_process(
     chunk: Chunk,
     accessed: list[Any],
 ) -> dict[str, Any]:
-    import uproot
     from coffea.nanoevents import NanoEventsFactory
 
     metadata = {
@@ -156,7 +159,8 @@ def _events_and_process(
         "fileuuid": "",
         **meta.get(chunk.dataset, {}),
     }
-    with uproot.open({chunk.filename: None}, timeout=60) as file:
+    file = open_root(chunk.filename)  # one open file per process: the parsed tree is reused
+    try:
         try:
             events = NanoEventsFactory.from_root(
                 file=file,
@@ -173,6 +177,9 @@ def _events_and_process(
                 raise
             raise SchemaError(schema_failure(schema, chunk.treename, err)) from err
         return wrapped.process(events)
+    finally:
+        if is_url(chunk.filename):
+            file.close()
 
 
 class SchemaError(Exception):
