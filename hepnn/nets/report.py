@@ -136,14 +136,15 @@ def heldout_comparison(
     out: dict[str, Any] = {
         "rows": int(keep.sum()),
         "evaluated_on": "rows held out by the model that scores them (both classifiers)",
-        "baseline": "HistGradientBoostingClassifier (default settings, random_state = split seed) "
+        "baseline": f"HistGradientBoostingClassifier (default settings, random_state = {seed}) "
         "on the raw features, trained per model on the rows that model may use",
         "network": {"auc": auc(a, y)},
         "boosted_trees": {"auc": auc(b, y)},
     }
     if data.weights is not None:
         w = data.weights[keep]
-        sig = 1.0 / (1.0 + np.exp(-a))
+        with np.errstate(over="ignore"):
+            sig = 1.0 / (1.0 + np.exp(-a))  # the applied score (sigmoid of the logit)
         for key, score in (("network", sig), ("boosted_trees", b)):
             out[key]["auc_weighted"] = auc(score, y, w)
             out[key]["ams_best"], out[key]["ams_threshold"] = weighted_ams(score, y, w, challenge)
