@@ -244,6 +244,8 @@ def test_val_fraction_trains_on_more_rows(higgs):
         assert (b == TRAIN).mean() == pytest.approx(0.75 * 0.8, abs=0.02)
         assert (a == TRAIN).mean() == pytest.approx(0.5, abs=0.02)
         assert (b == VAL).mean() == pytest.approx(0.75 * 0.2, abs=0.02)
+    with pytest.raises(ValueError, match="applies to method"):
+        SplitSpec(method="parity", val_fraction=0.2)
 
 
 def test_members_vary_the_split(higgs):

@@ -209,6 +209,9 @@ class SplitSpec(_Strict):
         if self.method == "kfold" and self.folds < 3:
             msg = "kfold needs folds >= 3 (apply on fold i, validate on fold i+1, train on the rest); use method 'parity' for a 2-way split"
             raise ValueError(msg)
+        if self.val_fraction is not None and self.method != "kfold":
+            msg = "val_fraction applies to method 'kfold' only (random: set fractions)"
+            raise ValueError(msg)
         return self
 
     @property
