@@ -98,7 +98,7 @@ def test_summary_axes(values, weights, process):
     stat, var = s.axes
     assert isinstance(stat, hist.axis.StrCategory)
     assert stat.name == "stat"
-    assert list(stat) == list(STATS) == ["nominal", "mean", "std", "q16", "q84"]
+    assert list(stat) == list(STATS) == ["nominal", "mean", "std", "q16", "q84", "up", "down"]
     assert isinstance(var, hist.axis.Regular)
     assert var.name == "score"
     assert isinstance(s.storage_type(), hist.storage.Weight)
@@ -135,7 +135,7 @@ def test_summary_matches_numpy_over_replicas(values, weights, process):
     np.testing.assert_array_equal(out.value[STATS.index("q16")], q16)
     np.testing.assert_array_equal(out.value[STATS.index("q84")], q84)
     np.testing.assert_array_equal(out.value[STATS.index("mean")], reps.mean(axis=0))
-    np.testing.assert_array_equal(out.value[STATS.index("std")], reps.std(axis=0))
+    np.testing.assert_array_equal(out.value[STATS.index("std")], reps.std(axis=0, ddof=1))
     np.testing.assert_array_equal(s["nominal", :].values(), h_nom.values())
     np.testing.assert_array_equal(s["nominal", :].variances(), h_nom.variances())
     # Per-bin check by hand for one bin, replica by replica.
@@ -208,8 +208,8 @@ def test_zero_band_for_p0_end_to_end():
 def test_score_std_hist():
     nominal = np.array([0.05, 0.55, 0.55, 0.95])
     std = np.array([0.015, 0.115, 0.115, 0.205])
-    # Two replicas at nominal -/+ std: per-event std (ddof=0) is std itself.
-    replicas = np.stack([nominal - std, nominal + std])
+    # Two replicas at nominal -/+ std/sqrt(2): per-event std (ddof=1) is std itself.
+    replicas = np.stack([nominal - std / np.sqrt(2), nominal + std / np.sqrt(2)])
     process = np.array(["signal", "signal", "background", "signal"])
     w = np.array([1.0, 2.0, 3.0, 4.0])
     out = replica_hists("dnn", nominal, {"mc": replicas}, process, w, PROCESSES)
@@ -230,13 +230,17 @@ def test_score_std_hist():
 
 
 def test_to_root_variations_roundtrip(values, weights, process, tmp_path):
-    s = summarise(*_filled(values, weights, process))
-    out = to_root_variations(s, "ttbar")
-    assert list(out) == ["ttbar", "ttbar_mcdropoutUp", "ttbar_mcdropoutDown"]
-    np.testing.assert_array_equal(out["ttbar"].values(flow=True), s["nominal", :].values(flow=True))
-    np.testing.assert_array_equal(out["ttbar"].variances(), s["nominal", :].variances())
-    np.testing.assert_array_equal(out["ttbar_mcdropoutUp"].values(), s["q84", :].values())
-    np.testing.assert_array_equal(out["ttbar_mcdropoutDown"].values(), s["q16", :].values())
+    reps, nom = _filled(values, weights, process)
+    out = to_root_variations(reps, nom, "score_dnn", "ttbar")
+    assert list(out)[:3] == [
+        "score_dnn/ttbar/nominal",
+        "score_dnn/ttbar/mcdropoutUp",
+        "score_dnn/ttbar/mcdropoutDown",
+    ]
+    assert [k for k in out if "replica" in k] == [f"score_dnn/ttbar/mcdropout_replica{k}" for k in range(T)]
+    np.testing.assert_array_equal(out["score_dnn/ttbar/nominal"].values(flow=True), nom.values(flow=True))
+    np.testing.assert_array_equal(out["score_dnn/ttbar/nominal"].variances(), nom.variances())
+    np.testing.assert_array_equal(out["score_dnn/ttbar/mcdropout_replica3"].values(), reps[3, :].values())
     path = tmp_path / "templates.root"
     with uproot.recreate(path) as f:
         for key, h in out.items():
@@ -248,10 +252,12 @@ def test_to_root_variations_roundtrip(values, weights, process, tmp_path):
 
 
 def test_to_root_variations_names_and_1d_only(values, weights, process):
-    s = summarise(*_filled(values[:4], weights, process, axis="member"))
+    reps, nom = _filled(values[:4], weights, process, axis="member")
+    s = summarise(reps, nom)
     assert s.metadata == {"replica_axis": "member", "replicas": 4}
-    assert set(to_root_variations(s, "sig")) == {"sig", "sig_ensembleUp", "sig_ensembleDown"}
-    assert "sig_nnUp" in to_root_variations(s, "sig", variation="nn")
+    keys = set(to_root_variations(reps, nom, "h", "sig", with_replicas=False))
+    assert keys == {"h/sig/nominal", "h/sig/ensembleUp", "h/sig/ensembleDown"}
+    assert "h/sig/nnUp" in to_root_variations(reps, nom, "h", "sig", variation="nn")
     two_d = hist.Hist(
         hist.axis.IntCategory(range(3), name="mc", overflow=False),
         hist.axis.Regular(2, 0, 1, name="a"),
@@ -259,8 +265,8 @@ def test_to_root_variations_names_and_1d_only(values, weights, process):
         storage=hist.storage.Weight(),
     )
     nom_2d = hist.Hist(*two_d.axes[1:], storage=hist.storage.Weight())
-    with pytest.raises(ValueError, match="1D"):
-        to_root_variations(summarise(two_d, nom_2d), "x")
+    with pytest.raises(ValueError, match="replicas with axes"):
+        to_root_variations(two_d, nom_2d, "x", "y")
 
 
 # -- plots ---------------------------------------------------------------------------------
@@ -296,6 +302,11 @@ def test_band_figure_draws_q16_q84_envelope(mc_and_ensemble):
         np.testing.assert_array_equal(data.values, s["q84", :].values())
         np.testing.assert_array_equal(data.baseline, s["q16", :].values())
         np.testing.assert_array_equal(data.edges, h_nom.axes[0].edges)
+    # The band says what it is, and the fit templates are drawn beside the envelope.
+    assert "training reproducibility (epistemic)" in ax.get_title(loc="left")
+    assert "not a measurement uncertainty" in ax.get_title(loc="left")
+    labels = ax.get_legend_handles_labels()[1]
+    assert "MC dropout: shape template Up/Down" in labels
 
 
 def test_plot_files_written(mc_and_ensemble, tmp_path):
@@ -320,3 +331,147 @@ def test_band_figure_rejects_other_binning(mc_and_ensemble):
     other = hist.Hist(hist.axis.Regular(10, 0, 1, name="score"), storage=hist.storage.Weight())
     with pytest.raises(ValueError, match="binning"):
         band_figure(other, summaries)
+
+
+# -- valid templates on the real Higgs events ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def higgs_replicas(higgs, features):
+    """A small dropout MLP (3 seeds) trained briefly on the real 18k events; its replicas."""
+    from hepnn.nets.flat import FlatBuilder
+    from hepnn.nets.spec import FlatInputs
+
+    builder = FlatBuilder(FlatInputs(features=features))
+    raw = builder.raw(higgs)
+    x = torch.from_numpy(builder.fit(raw).transform(raw))
+    y = torch.from_numpy((higgs["Label"] == "s").astype(np.float32))
+    nets = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: runs before the per-test one-thread fixture
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = build("mlp", n_inputs=x.shape[1], hidden=[32, 32], dropout=0.2)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for start in range(0, len(y), 1024):  # one pass in 18 steps: a real but cheap network
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                net(x[start : start + 1024]), y[start : start + 1024]
+            )
+            loss.backward()
+            opt.step()
+        nets.append(net.eval())
+    torch.set_num_threads(threads)
+    mc = MCDropout(nets[0], samples=20, seed=7)
+    process = np.where(higgs["Label"] == "s", "signal", "background")
+    return {
+        "nominal": mc.nominal(x),
+        "replicas": {"mc": mc.scores(x), "member": Ensemble(nets).scores(x)},
+        "process": process,
+        "weight": higgs["Weight"].astype(np.float64),
+    }
+
+
+def _templates(rep, weight, axis, process):
+    out = replica_hists("dnn", rep["nominal"], {axis: rep["replicas"][axis]}, rep["process"], weight, PROCESSES)
+    reps = out[f"score_dnn_{'mcdropout' if axis == 'mc' else 'ensemble'}"][{"process": process}]
+    sel = rep["process"] == process
+    nom = _nominal(rep["nominal"][sel], weight[sel])
+    name = "mcdropout" if axis == "mc" else "ensemble"
+    t = to_root_variations(reps, nom, "score_dnn", process)
+    up, down = (t[f"score_dnn/{process}/{name}{v}"].values(flow=True) for v in ("Up", "Down"))
+    return reps, nom, up, down
+
+
+def _assert_valid(nominal, up, down):
+    total = nominal.sum()
+    assert up.sum() == pytest.approx(total, rel=1e-12)
+    assert down.sum() == pytest.approx(total, rel=1e-12)
+    assert up.min() >= 0
+    assert down.min() >= 0
+    varied = np.abs(up - nominal) > 1e-9 * abs(total)
+    assert varied.sum() > 10  # a real variation, in many bins
+    lo, hi = np.minimum(up, down), np.maximum(up, down)
+    assert np.all((lo <= nominal + 1e-9 * total)[varied] & (nominal <= hi + 1e-9 * total)[varied])
+
+
+@pytest.mark.parametrize("axis", ["mc", "member"])
+@pytest.mark.parametrize("process", PROCESSES)
+def test_templates_are_valid_fit_inputs_on_higgs(higgs_replicas, axis, process):
+    reps, nom, up, down = _templates(higgs_replicas, higgs_replicas["weight"], axis, process)
+    n = nom.values(flow=True)
+    _assert_valid(n, up, down)
+    # Per-bin quantiles would not be: the q84 "template" has another normalisation.
+    q84 = np.quantile(reps.values(flow=True)[: len(reps.axes[0])], 0.84, axis=0)
+    assert abs(q84.sum() / n.sum() - 1) > 1e-3
+
+
+def test_template_is_the_leading_eigen_variation(higgs_replicas):
+    """Where no bin limit acts, Up - nominal = N sqrt(λ1) v1 of the replica shapes (SVD oracle)."""
+    reps, nom, up, _ = _templates(higgs_replicas, higgs_replicas["weight"], "mc", "background")
+    r = reps.values(flow=True)[: len(reps.axes[0])]
+    shapes = r / r.sum(axis=1, keepdims=True)
+    _, sing, vt = np.linalg.svd(shapes - shapes.mean(axis=0), full_matrices=False)
+    lam, v = sing[0] ** 2 / (len(r) - 1), vt[0]
+    n = nom.values(flow=True)
+    expected = n.sum() * np.sqrt(lam) * v
+    expected *= np.sign(expected @ np.arange(len(v)))  # Up towards higher scores
+    meta = to_root_variations(reps, nom, "s", "b")["s/b/mcdropoutUp"].metadata
+    assert meta["eigenvalue"] == pytest.approx(lam, rel=1e-8)
+    assert 0 < meta["explained"] <= 1
+    if meta["clipped_fraction"] == 0:
+        np.testing.assert_allclose(up - n, expected, atol=1e-9 * n.sum())
+    else:  # the limits act only in bins where the nominal is smaller than the variation
+        free = np.abs(expected) < 0.5 * n
+        assert np.corrcoef((up - n)[free], expected[free])[0, 1] > 0.99
+
+
+def test_templates_with_negative_weights(higgs_replicas):
+    """Flipped weights (NLO-like) in a copy: still valid, and a negative nominal bin is left alone."""
+    w = higgs_replicas["weight"].copy()
+    w[::40] *= -1  # 450 of 18,000 events with a negative weight
+    _reps, nom, up, down = _templates(higgs_replicas, w, "mc", "background")
+    _assert_valid(nom.values(flow=True), up, down)
+    # All weights negative in the least-filled background bin: its nominal is negative, unvaried.
+    counts = nom.values(flow=True)
+    b = int(np.argmin(np.where(counts > 0, counts, np.inf)))
+    in_bin = np.clip((higgs_replicas["nominal"] * 50).astype(int), 0, 49) + 1 == b
+    w2 = np.where(in_bin & (higgs_replicas["process"] == "background"), -np.abs(w), w)
+    _, nom2, up2, down2 = _templates(higgs_replicas, w2, "mc", "background")
+    n2 = nom2.values(flow=True)
+    assert n2[b] < 0
+    assert up2[b] == down2[b] == n2[b]
+    assert up2.sum() == pytest.approx(n2.sum(), rel=1e-12)
+
+
+def test_band_outputs_write_full_root_paths(higgs_replicas, tmp_path):
+    from hepnn.bands import band_outputs
+
+    rep = higgs_replicas
+    hists = replica_hists("dnn", rep["nominal"], rep["replicas"], rep["process"], rep["weight"], PROCESSES)
+    h = hist.Hist(
+        hist.axis.StrCategory(PROCESSES, name="process"),
+        hist.axis.Regular(50, 0.0, 1.0, name="score"),
+        storage=hist.storage.Weight(),
+    )
+    hists["score_dnn"] = h.fill(process=rep["process"], score=rep["nominal"], weight=rep["weight"])
+    root, files = band_outputs(hists, tmp_path, plots=False, formats=[])
+    assert files == []
+    for process in PROCESSES:
+        for var in ("mcdropout", "ensemble"):
+            for tag in ("Up", "Down"):
+                assert f"score_dnn/{process}/{var}{tag}" in root
+        assert f"score_dnn/{process}/nominal" in root
+        assert f"score_dnn/{process}/mcdropout_replica19" in root
+        assert f"score_dnn/{process}/ensemble_replica2" in root
+    assert not any("q16" in k or "q84" in k for k in root)
+    summary = hists["score_dnn_ensemble_summary"]
+    assert list(summary.axes["stat"]) == list(STATS)
+    path = tmp_path / "bands.root"
+    with uproot.recreate(path) as f:
+        for key, hh in root.items():
+            f[key] = hh
+    with uproot.open(path) as f:
+        up = f["score_dnn/signal/ensembleUp"].values(flow=True)
+        nominal = f["score_dnn/signal/nominal"].values(flow=True)
+        assert up.sum() == pytest.approx(nominal.sum(), rel=1e-6)

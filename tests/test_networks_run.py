@@ -49,7 +49,9 @@ def test_model_files_and_metrics(trained: Path) -> None:
     for f in trained.glob("models/dnn/model*.pt"):
         assert f.stat().st_size > 1000
     member = json.loads((trained / "models" / "dnn_member1" / "model.json").read_text())
-    assert member["split"] == meta["split"]  # ensemble members share the split
+    # ensemble members vary the split too: hashed folds salted with seed + member
+    assert member["split"] == {**meta["split"], "salt": meta["seed"] + 1}
+    assert "salt" not in meta["split"]  # the deployed network keeps id % folds
     assert member["seed"] == meta["seed"] + 1
     top = json.loads((trained / "metrics.json").read_text())
     assert set(top) == {"networks", "baselines"}  # no cross_validation section configured
@@ -80,7 +82,7 @@ def test_band_hists(trained: Path) -> None:
     ens = hists["score_dnn_ensemble"]
     assert [ax.name for ax in ens.axes] == ["process", "member", "score"]
     summary = hists["score_dnn_mcdropout_summary"]
-    assert list(summary.axes["stat"]) == ["nominal", "mean", "std", "q16", "q84"]
+    assert list(summary.axes["stat"]) == ["nominal", "mean", "std", "q16", "q84", "up", "down"]
     # every replica holds every event: the per-replica totals equal the nominal total
     nominal = hists["score_dnn"][{"dataset": sum, "njet": sum, "process": "signal"}]
     per_replica = mcd[{"process": "signal"}].values(flow=True).sum(axis=1)
@@ -89,8 +91,24 @@ def test_band_hists(trained: Path) -> None:
     q16, q84 = sig[{"stat": "q16"}].values(), sig[{"stat": "q84"}].values()
     assert np.all(q16 <= q84)
     with uproot.open(trained / "hists.root") as f:
-        up = f["bands/score_dnn/signal/score_dnn_mcdropoutUp"].values()
-        np.testing.assert_allclose(up, q84)
+        # templates in the combine / cabinetry layout: same total as the nominal, never q84
+        nom = f["score_dnn/signal/nominal"].values(flow=True)
+        for var in ("mcdropout", "ensemble"):
+            up = f[f"score_dnn/signal/{var}Up"].values(flow=True)
+            down = f[f"score_dnn/signal/{var}Down"].values(flow=True)
+            np.testing.assert_allclose([up.sum(), down.sum()], nom.sum(), rtol=1e-6)
+            assert up.min() >= 0
+            assert down.min() >= 0
+        assert not np.allclose(f["score_dnn/signal/mcdropoutUp"].values(), q84)
+        np.testing.assert_allclose(
+            f["score_dnn/signal/mcdropout_replica5"].values(), mcd[{"process": "signal", "mc": 5}].values()
+        )
+        names = f.keys(recursive=True, cycle=False)
+        assert not any(k.startswith("bands/") for k in names)
+        # quantiles appear only as the descriptive summary rows, never as a template
+        templates = [k for k in names if k.endswith(("Up", "Down"))]
+        assert templates
+        assert not any("q16" in k or "q84" in k or "summary" in k for k in templates)
 
 
 def test_ranking_written(trained: Path) -> None:

@@ -201,7 +201,7 @@ def test_mc_dropout_bands_of_both_taggers(trained: Path, tmp_path: Path) -> None
         assert not np.array_equal(h[{"mc": 0}].values(), h[{"mc": 1}].values())
         summary = hists[f"score_{name}_mcdropout_summary"]
         assert list(summary.axes["process"]) == ["signal", "background"]
-        assert list(summary.axes["stat"]) == ["nominal", "mean", "std", "q16", "q84"]
+        assert list(summary.axes["stat"]) == ["nominal", "mean", "std", "q16", "q84", "up", "down"]
         nominal = summary[{"process": "signal", "stat": "nominal"}].values()
         assert np.array_equal(
             nominal, hists[f"score_{name}"][{"dataset": sum, "process": "signal"}].values()

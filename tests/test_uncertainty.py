@@ -400,7 +400,8 @@ def test_ensemble_members_and_chunking():
     np.testing.assert_array_equal(s, chunked)
     mean, std = ens.mean_std(x, batch_size=BATCH)
     np.testing.assert_allclose(mean, s.astype(np.float64).mean(axis=0))
-    np.testing.assert_allclose(std, s.astype(np.float64).std(axis=0))
+    # ddof=1: three members are a sample of networks (ddof=0 would be sqrt(2/3) smaller).
+    np.testing.assert_allclose(std, s.astype(np.float64).std(axis=0, ddof=1))
     assert std.min() > 0
 
 

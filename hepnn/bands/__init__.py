@@ -4,13 +4,17 @@
   and :class:`Ensemble`, each giving per-replica scores ``(T, N)``;
 * :mod:`hepnn.bands.hists` — :func:`replica_hists` (per process, one full score
   histogram per replica, plus the per-event std vs score), :func:`summarise` after
-  accumulation and ROOT up/down templates (:func:`to_root_variations`);
+  accumulation and fit templates (:func:`to_root_variations`: the nominal ± the
+  leading eigen-variation of the replica shapes, :func:`shape_variation`, with the
+  nominal's total, and the replicas themselves, keyed by full ROOT path);
 * :mod:`hepnn.bands.outputs` — :func:`band_outputs`, everything a run derives
   from its merged replica histograms;
 * :mod:`hepnn.bands.plots` — band figures; import it directly (it is not imported
   here, so filling histograms never imports matplotlib).
 
 The package knows torch, numpy and hist, not the run configuration or model files.
+A band measures training reproducibility (epistemic), not a measurement uncertainty
+of the deterministic deployed network.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from hepnn.bands.hists import (
     STATS,
     VARIATION_NAMES,
     replica_hists,
+    shape_variation,
     summarise,
     to_root_variations,
 )
@@ -46,6 +51,7 @@ __all__ = [
     "replica_hists",
     "replica_mask",
     "replica_seed",
+    "shape_variation",
     "summarise",
     "to_root_variations",
 ]

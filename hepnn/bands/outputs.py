@@ -1,4 +1,4 @@
-"""Band summaries, ROOT up/down templates and band plots of a run's merged histograms.
+"""Band summaries, ROOT shape templates and band plots of a run's merged histograms.
 
 >>> root, files = band_outputs(hists, outdir / "plots", plots=True, formats=["png", "pdf"])
 
@@ -37,7 +37,7 @@ def _nominal_for(hists: dict[str, Any], base: str, process: str) -> hist.Hist | 
 def band_outputs(
     hists: dict[str, Any], plot_dir: Path, *, plots: bool, formats: Iterable[str]
 ) -> tuple[dict[str, hist.Hist], list[Path]]:
-    """Summaries of every replica histogram, ROOT up/down templates and band plots.
+    """Summaries of every replica histogram, ROOT templates and band plots.
 
     Parameters
     ----------
@@ -53,15 +53,18 @@ def band_outputs(
     Returns
     -------
     root, files
-        ROOT templates by key and the plot files written.
+        ROOT histograms keyed by their full path (see Notes) and the plot files written.
 
     Notes
     -----
     A replica histogram ``<base>_mcdropout`` (axes ``process``, ``mc``, variable)
     gets ``<base>_mcdropout_summary`` (axes ``process``, ``stat``, variable) in
     ``hists``; the nominal is ``<base>`` summed over its other categories.
-    ROOT templates: ``bands/<base>/<process>/nominal`` and
-    ``.../<base>_mcdropoutUp`` (q84) / ``Down`` (q16), likewise ``_ensemble``.
+    ROOT (combine / cabinetry layout, :func:`hepnn.bands.hists.to_root_variations`):
+    ``<base>/<process>/nominal``, ``<base>/<process>/mcdropoutUp`` / ``Down`` (the
+    nominal ± the leading eigen-variation of the replica shapes: same total as the
+    nominal, non-negative), ``<base>/<process>/mcdropout_replica<k>`` (every
+    replica), likewise ``ensemble``. No per-bin quantile is ever a template.
     """
     root: dict[str, hist.Hist] = {}
     files: list[Path] = []
@@ -78,10 +81,7 @@ def band_outputs(
                 continue
             summary = summarise(reps[{"process": process}], nominal)
             per_process[process] = summary
-            variations = to_root_variations(summary, base)
-            for vname, vh in variations.items():
-                tag = "nominal" if vname == base else vname
-                root[f"bands/{base}/{process}/{tag}"] = vh
+            root.update(to_root_variations(reps[{"process": process}], nominal, base, process))
             summaries.setdefault((base, process), {})[
                 "MC dropout" if suffix == "_mcdropout" else "deep ensemble"
             ] = summary

@@ -1,5 +1,9 @@
 """Plots of MC-dropout / ensemble bands (mplhep style, no pyplot state).
 
+Every band figure says what its band is: the spread over equally trainable networks,
+a measure of training reproducibility (epistemic) — not a measurement uncertainty of
+the deterministic nominal network (:data:`BAND_NOTE`).
+
 >>> plot_band(h_nom, {"MC dropout": summary_mc, "Ensemble": summary_ens}, "plots/score_band")
 >>> plot_std_vs_score(h2d, "plots/std_vs_score")
 
@@ -26,6 +30,7 @@ from hepnn.files import atomic_path
 from hepnn.plotstyle import plot_style
 
 __all__ = [
+    "BAND_NOTE",
     "FORMATS",
     "band_figure",
     "plot_band",
@@ -36,6 +41,11 @@ __all__ = [
 
 #: Formats written when the caller names none.
 FORMATS: tuple[str, ...] = ("png", "pdf")
+#: The caption of every band figure.
+BAND_NOTE = (
+    "Band: spread over retrained / thinned networks = training reproducibility (epistemic),\n"
+    "not a measurement uncertainty of the deterministic nominal network"
+)
 #: Fill colours of the bands, in the order of the ``summaries`` mapping.
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")
 
@@ -74,10 +84,12 @@ def band_figure(
 
     Notes
     -----
-    The envelope is drawn directly between the ``q16`` and ``q84`` rows
-    (``stairs(q84, baseline=q16, fill=True)``) rather than as offsets from the
-    nominal: the replica mean can sit away from the dropout-off nominal, so
-    ``q16`` may lie above it. The replica mean is a dashed line.
+    The shaded envelope is the per-bin replica spread, drawn directly between the
+    ``q16`` and ``q84`` rows (descriptive: the replica mean can sit away from the
+    dropout-off nominal, so ``q16`` may lie above it); the replica mean is dashed.
+    The fit templates (``up`` / ``down`` rows, when present: nominal ± the leading
+    eigen-variation, same total as the nominal) are dotted lines. The figure is
+    captioned with :data:`BAND_NOTE`.
     """
     edges = nominal.axes[0].edges
     nom = np.asarray(nominal.values())
@@ -92,13 +104,21 @@ def band_figure(
         colour = _COLOURS[i % len(_COLOURS)]
         q16, q84, mean = _row(s, "q16"), _row(s, "q84"), _row(s, "mean")
         ax.stairs(
-            q84, edges, baseline=q16, fill=True, alpha=0.35, color=colour, label=f"{label} q16–q84"
-        )
-        ax.stairs(mean, edges, color=colour, linestyle="--", label=f"{label} mean")
+            q84, edges, baseline=q16, fill=True, alpha=0.35, color=colour,
+            label=f"{label}: replica spread q16–q84",
+        )  # fmt: skip
+        ax.stairs(mean, edges, color=colour, linestyle="--", label=f"{label}: replica mean")
         rax.stairs(
             _ratio(q84, nom), edges, baseline=_ratio(q16, nom), fill=True, alpha=0.35, color=colour
         )
         rax.stairs(_ratio(mean, nom), edges, color=colour, linestyle="--")
+        if "up" in list(s.axes[0]):
+            up, down = _row(s, "up"), _row(s, "down")
+            ax.stairs(up, edges, color=colour, linestyle=":", lw=1.5,
+                      label=f"{label}: shape template Up/Down")  # fmt: skip
+            ax.stairs(down, edges, color=colour, linestyle=":", lw=1.5)
+            rax.stairs(_ratio(up, nom), edges, color=colour, linestyle=":", lw=1.5)
+            rax.stairs(_ratio(down, nom), edges, color=colour, linestyle=":", lw=1.5)
 
     mplhep.histplot(nominal, ax=ax, color="black", yerr=True, histtype="step", label="Nominal")
     # Nominal statistical uncertainty in the ratio panel, hatched around 1.
@@ -120,7 +140,8 @@ def band_figure(
 
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
-    ax.legend()
+    ax.legend(fontsize="small")
+    ax.set_title(BAND_NOTE, fontsize="x-small", loc="left")
     ax.set_xlabel("")
     rax.set_ylim(*ratio_ylim)
     rax.legend(loc="upper right", fontsize="small")

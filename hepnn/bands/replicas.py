@@ -210,7 +210,10 @@ class _Sampler:
         output: Output = "sigmoid",
         batch_size: int = MICRO_BATCH,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per-event mean and standard deviation over replicas (``ddof=0``), float64.
+        """Per-event mean and standard deviation over replicas (``ddof=1``), float64.
+
+        ``ddof=1``: the replicas are a sample of networks, not the population (for a
+        3-member ensemble ``ddof=0`` would understate the spread by ``sqrt(2/3)``).
 
         Returns
         -------
@@ -218,7 +221,7 @@ class _Sampler:
             Arrays of shape ``(N,)`` (``(N, K)`` for multi-output models).
         """
         s = self.scores(x, output=output, batch_size=batch_size).astype(np.float64)
-        return s.mean(axis=0), s.std(axis=0)
+        return s.mean(axis=0), s.std(axis=0, ddof=1) if len(s) > 1 else np.zeros(s.shape[1:])
 
 
 class MCDropout(_Sampler):

@@ -13,6 +13,12 @@ deviation of its *non-missing* values in the *training* events; a missing value
 is imputed with the training mean, i.e. 0 after standardising. Optionally, 0/1
 "missing flag" inputs tell the network which values were imputed.
 
+Heavy tails: ``inputs.transform: {feature: log1p}`` replaces a feature's value x by
+log(1 + x) before the statistics are fitted and before standardising (for positive
+energy-like features: masses, transverse momenta, Σp_T; a value ≤ −1 is an input
+error). The transform is stored in ``model.json`` with the features, so an applied
+network prepares its inputs exactly as in training.
+
 The transform is computed in float64 and rounded once to float32, elementwise, so
 an event gets the same bits in any chunking.
 """
@@ -35,6 +41,29 @@ MISSING_VALUE = -999.0
 FLAG_SUFFIX = "_missing"
 #: Version of the fitted state in ``model.json``.
 STATE_FORMAT = 1
+#: Per-feature transforms of ``inputs.transform`` (applied before standardising).
+TRANSFORMS = {"log1p": np.log1p}
+
+
+def apply_transform(name: str, values: np.ndarray, kind: str | None) -> np.ndarray:
+    """``values`` of feature ``name`` through its transform (NaN = missing stays NaN).
+
+    Raises
+    ------
+    InputError
+        ``log1p`` of a value ≤ −1, naming the feature.
+    """
+    if kind is None:
+        return values
+    if kind == "log1p":
+        bad = values <= -1.0
+        if bad.any():
+            msg = (
+                f"feature {name!r}: transform log1p needs values > -1, "
+                f"found {int(bad.sum())} (minimum {float(values[bad].min())})"
+            )
+            raise InputError(msg)
+    return TRANSFORMS[kind](values)
 
 
 def missing_mask(values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -148,8 +177,9 @@ class FlatBuilder(InputBuilder):
     def fit(self, raw: np.ndarray) -> FlatBuilder:
         """Fit on the raw inputs of the *training* events only."""
         means, stds, masks = [], [], []
+        transforms = self.settings.transform
         for j, name in enumerate(self.features):
-            values = raw[:, j]
+            values = apply_transform(name, raw[:, j], transforms.get(name))
             mask = np.isnan(values)
             present = values[~mask]
             if np.any(~np.isfinite(present)):
@@ -201,8 +231,9 @@ class FlatBuilder(InputBuilder):
         # transpose once: 6x faster than writing strided columns of (events, inputs).
         buf = np.empty((n_feat + len(self.flags), raw.shape[0]), dtype=np.float32)
         masks: dict[str, np.ndarray] = {}
+        transforms = self.settings.transform
         for j, name in enumerate(self.features):
-            values = raw[:, j]
+            values = apply_transform(name, raw[:, j], transforms.get(name))
             mask = np.isnan(values)
             with np.errstate(over="ignore", invalid="ignore"):
                 # Computed in float64, rounded once to float32; overflow reported below.
@@ -239,7 +270,7 @@ class FlatBuilder(InputBuilder):
         if self.mean is None or self.std is None:
             msg = "the flat inputs are not fitted"
             raise ModelError(msg)
-        return {
+        state = {
             "format": STATE_FORMAT,
             "missing_value": MISSING_VALUE,
             "mean": [float(v) for v in self.mean],
@@ -247,6 +278,9 @@ class FlatBuilder(InputBuilder):
             "flags": [{"name": name, "feature": feature} for name, feature in self.flags],
             "input_names": self.input_names,
         }
+        if self.settings.transform:  # only when used: other models keep their bytes
+            state["transform"] = dict(self.settings.transform)
+        return state
 
     @classmethod
     def from_state(cls, settings: FlatInputs, state: Mapping[str, Any]) -> FlatBuilder:
@@ -266,6 +300,9 @@ class FlatBuilder(InputBuilder):
         if "input_names" in state and list(state["input_names"]) != built.input_names:
             msg = "flat-input state input_names do not match its features and flags"
             raise ModelError(msg)
+        if dict(state.get("transform", {})) != dict(settings.transform):
+            msg = "flat-input state transform does not match the inputs' transform"
+            raise ModelError(msg)
         return built
 
     def __eq__(self, other: object) -> bool:
@@ -273,6 +310,7 @@ class FlatBuilder(InputBuilder):
             return NotImplemented
         return (
             self.features == other.features
+            and self.settings.transform == other.settings.transform
             and self.flags == other.flags
             and np.array_equal(self.mean, other.mean)
             and np.array_equal(self.std, other.std)

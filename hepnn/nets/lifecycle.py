@@ -8,10 +8,15 @@ For each network with ``train: true`` (and no ``--models``) the training rows ar
 read once (:class:`hepnn.nets.data.DataReader`), every model of its split trained
 (:func:`hepnn.nets.train.train_network`) and saved to ``OUTDIR/models/<name>/``;
 with ``uncertainty.ensemble`` the network is trained ``members`` times, member
-``i`` with seed ``training.seed + i`` and the same split, into
-``models/<name>_member<i>/``. With a ``taylor`` section the first member records
+``i`` with seed ``training.seed + i`` and its own split
+(:func:`hepnn.nets.split.member_split`: k-fold members get hashed folds salted
+with ``training.seed + i``, so they also differ in which events they train on),
+into ``models/<name>_member<i>/``; member 0 is the deployed network, unchanged. With a ``taylor`` section the first member records
 its ranking after every epoch (flat inputs; ``ranking/<name>_history.*``), and
-the loss and AUC per epoch are drawn to ``plots/training_<name>.*``.
+the loss and AUC per epoch are drawn to ``plots/training_<name>.*``. A flat
+network (member 0) is compared with a boosted tree on the rows its models held
+out (:func:`hepnn.nets.report.heldout_comparison`, ``metrics.vs_boosted_trees`` in
+``model.json``).
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ def _train(
     *, progress: bool,
 ) -> Path:  # fmt: skip
     from hepnn.nets.rank import epoch_monitor
+    from hepnn.nets.split import member_split
     from hepnn.nets.store import save_network
     from hepnn.nets.train import train_network
     from hepnn.taylor import write_history
@@ -104,13 +110,26 @@ def _train(
     folder = member_name(name, member)
     if member:
         spec = spec.model_copy(
-            update={"training": spec.training.model_copy(update={"seed": spec.training.seed + member})}
+            update={
+                "training": spec.training.model_copy(update={"seed": spec.training.seed + member}),
+                "split": member_split(spec.split, spec.training.seed, member),
+            }
         )
     hook = monitor = None
     taylor = cfg.taylor
     if member == 0 and taylor is not None and taylor.monitor_every > 0 and spec.kind == "flat":
         hook, monitor = epoch_monitor(name, spec.split, data, taylor, seed=cfg.seed)
     result = train_network(folder, spec, data, progress=progress, on_epoch=hook)
+    if member == 0 and spec.kind == "flat":
+        from hepnn.nets.report import HIGGS_FORMAT, heldout_comparison
+
+        trained_on = {f["dataset"] for f in data.files}
+        challenge = bool(trained_on) and all(
+            reader.datasets[ds].format == HIGGS_FORMAT for ds in trained_on if ds in reader.datasets
+        )
+        result.metrics["vs_boosted_trees"] = heldout_comparison(
+            result, data, seed=cfg.seed, challenge=challenge
+        )
     path = save_network(outdir / "models" / folder, folder, result, data)
     formats = tuple(cfg.outputs.plot_formats) if cfg.outputs.plots else ()
     if member == 0:

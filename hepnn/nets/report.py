@@ -10,13 +10,22 @@ whose columns hold its score (``score_<name>``) and a 0/1 label:
   other dataset;
 * AUC (and weighted AUC with a weight column), the background efficiency and
   rejection at signal efficiency :data:`WORKING_POINT`, and, with weights, the
-  best AMS (b_reg = 10) over score thresholds;
+  best AMS (b_reg = 10) over score thresholds — on a Higgs-challenge dataset
+  (format ``higgs-csv``) with the weights of the evaluated rows renormalised per
+  class to the challenge totals (:data:`hepnn.metrics.CHALLENGE_TOTALS`), stated in
+  ``ams_normalisation``; on other datasets with the raw weights;
 * baselines on the rows every network left out: the jet mass (``jet_mass``
   column) and a seeded gradient-boosted tree on :data:`GBT_FEATURES` trained on
   the split's training rows;
 * ROC curves per dataset (``roc_networks``, plot ``roc_<dataset>``), ROC/AMS
   curve histograms from a workflow's ``score_fine_<name>``, and the average jet
   images ``jet_image_mean_<process>`` from ``jet_image_sum``.
+
+Flat networks are also compared, at training time, with a boosted tree on the same
+raw features and the same rows (:func:`heldout_comparison`, stored in
+``model.json`` and shown in ``metrics.json`` as ``vs_boosted_trees``): per model
+of the split the tree is trained on the rows that model may use and scores the
+rows the model holds out, and the AUC difference gets a paired bootstrap.
 
 ε_B is counted, not interpolated: the threshold is the score of the
 ``ceil(ε_S · N_S)``-th most signal-like signal row and every background row at or
@@ -34,13 +43,22 @@ from typing import TYPE_CHECKING, Any
 import hist
 import numpy as np
 
-from hepnn.metrics import auc, best_ams, curve_hists
+from hepnn.metrics import (
+    B_REG,
+    CHALLENGE_TOTALS,
+    auc,
+    best_ams,
+    curve_hists,
+    normalised_ams_hist,
+)
 from hepnn.nets.data import source_digest
-from hepnn.nets.split import TRAIN, held_out, split_codes
+from hepnn.nets.split import TEST, TRAIN, held_out, route, split_codes
 from hepnn.nets.store import model_json_path, parse_model_json
 
 if TYPE_CHECKING:
     from hepnn.columns import Columns
+    from hepnn.nets.data import TrainingData
+    from hepnn.nets.train import TrainResult
     from hepnn.samples import Dataset
 
 #: Signal efficiency at which the background rejection is quoted.
@@ -51,6 +69,88 @@ GBT_NAME = "gbt_mass_nconst_ptd"
 MASS_NAME = "mass"
 #: ε_S bins of the ``roc_networks`` histogram.
 ROC_BINS = 200
+#: Sample format whose AMS is quoted at the challenge's weight totals.
+HIGGS_FORMAT = "higgs-csv"
+#: Paired-bootstrap resamples of :func:`heldout_comparison`.
+BOOTSTRAP = 1000
+
+
+def ams_normalisation(challenge: bool) -> dict[str, Any]:
+    """The ``ams_normalisation`` entry of ``metrics.json``: what s and b of the AMS mean."""
+    if challenge:
+        return {
+            "weights": "renormalised per class, on the evaluated rows, to the challenge totals",
+            "sum_w_signal": CHALLENGE_TOTALS["signal"],
+            "sum_w_background": CHALLENGE_TOTALS["background"],
+            "b_reg": B_REG,
+        }
+    return {"weights": "as stored (raw)", "b_reg": B_REG}
+
+
+def weighted_ams(
+    score: np.ndarray, label: np.ndarray, weight: np.ndarray, challenge: bool
+) -> tuple[float, float]:
+    """Best AMS and its threshold; weights renormalised to the challenge totals if ``challenge``."""
+    try:
+        h = normalised_ams_hist(score, label, weight, totals=CHALLENGE_TOTALS if challenge else None)
+    except ValueError:  # a class without positive weight total: no AMS
+        return math.nan, math.nan
+    return best_ams(h)
+
+
+def heldout_comparison(
+    result: TrainResult, data: TrainingData, *, seed: int, challenge: bool = False,
+    resamples: int = BOOTSTRAP,
+) -> dict[str, Any]:  # fmt: skip
+    """A flat network against a boosted tree on the rows its models held out.
+
+    For model ``m`` of the split the ``HistGradientBoostingClassifier`` (seeded,
+    default settings, missing values as NaN, its native handling) is trained on the
+    usable rows model ``m`` may use (its training and, unless they are the held-out
+    rows themselves, validation rows) and scores the rows routed to ``m`` that it
+    holds out (:func:`hepnn.nets.split.held_out`). The network's score of those rows
+    is its applied (logit) score. Returns AUC, weighted AUC and best AMS of both,
+    and the AUC difference network − tree with a paired bootstrap over the rows
+    (:func:`hepnn.nets.cv.paired_bootstrap`: models fixed, rows resampled).
+    """
+    from hepnn.nets.apply import forward
+    from hepnn.nets.cv import paired_bootstrap
+
+    spec = result.spec
+    features = data.baseline or {f"x{j}": data.raw[:, j] for j in range(data.raw.shape[1])}
+    keep = held_out(data.ids, spec.split) & data.usable
+    which = route(data.ids, spec.split)
+    dnn = np.full(len(data), np.nan)
+    gbt = np.full(len(data), np.nan)
+    for m, fitted in enumerate(result.models):
+        rows = keep & (which == m)
+        if not rows.any():
+            continue
+        codes = split_codes(data.ids, spec.split, m)
+        train = data.usable & (codes != TEST) & ~rows
+        x = fitted.builder.transform(data.raw[rows])
+        dnn[rows] = forward(fitted.model, x, fitted.builder.micro_batch, "logit")
+        gbt[rows] = gbt_scores(features, train, rows, data.labels, seed)
+    y = data.labels[keep]
+    a, b = dnn[keep], gbt[keep]
+    out: dict[str, Any] = {
+        "rows": int(keep.sum()),
+        "evaluated_on": "rows held out by the model that scores them (both classifiers)",
+        "baseline": f"HistGradientBoostingClassifier (default settings, random_state = {seed}) "
+        "on the raw features, trained per model on the rows that model may use",
+        "network": {"auc": auc(a, y)},
+        "boosted_trees": {"auc": auc(b, y)},
+    }
+    if data.weights is not None:
+        w = data.weights[keep]
+        with np.errstate(over="ignore"):
+            sig = 1.0 / (1.0 + np.exp(-a))  # the applied score (sigmoid of the logit)
+        for key, score in (("network", sig), ("boosted_trees", b)):
+            out[key]["auc_weighted"] = auc(score, y, w)
+            out[key]["ams_best"], out[key]["ams_threshold"] = weighted_ams(score, y, w, challenge)
+        out["ams_normalisation"] = ams_normalisation(challenge)
+    out["auc_difference"] = paired_bootstrap(a, b, y, resamples, seed)
+    return out
 
 
 def classifier_metrics(
@@ -120,16 +220,6 @@ def plot_rocs(
     return save_figure(fig, stem, formats)
 
 
-def _ams(score: np.ndarray, label: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
-    h = hist.Hist(
-        hist.axis.StrCategory(["signal", "background"], name="process"),
-        hist.axis.Regular(1000, 0.0, 1.0, name="score"),
-        storage=hist.storage.Weight(),
-    )
-    h.fill(process=np.where(label == 1, "signal", "background"), score=score, weight=weight)
-    return best_ams(h)
-
-
 def _average_images(hists: dict[str, Any]) -> None:
     """``jet_image_mean_<process>`` = ``jet_image_sum`` / jets filled, per process."""
     total = hists.get("jet_image_sum")
@@ -191,18 +281,23 @@ def network_report(
     """
     _average_images(hists)
     metas = {}
+    challenge_only = bool(datasets) and all(ds.format == HIGGS_FORMAT for ds in datasets.values())
     for name, path in networks.items():
         jp = model_json_path(path)
         metas[name] = parse_model_json(jp, jp.read_bytes())
         fine = hists.get(f"score_fine_{name}")
         if fine is not None:
-            hists.update(curve_hists(name, fine))
+            hists.update(curve_hists(name, fine, CHALLENGE_TOTALS if challenge_only else None))
     per_net: dict[str, Any] = {
         name: {"model": str(Path(path)), "kind": metas[name]["inputs"]["kind"],
                "architecture": metas[name]["architecture"]["name"], "split": metas[name]["split"],
                "training": metas[name]["metrics"], "datasets": {}}
         for name, path in networks.items()
     }  # fmt: skip
+    for name in networks:
+        versus = metas[name]["metrics"].get("vs_boosted_trees")
+        if versus is not None:
+            per_net[name]["vs_boosted_trees"] = versus
     baselines: dict[str, Any] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     files: list[Path] = []
@@ -239,8 +334,13 @@ def network_report(
             weight_col = meta["settings"].get("weight", "Weight")
             if weight_col in d:
                 w = d[weight_col][keep]
+                challenge = ds is not None and ds.format == HIGGS_FORMAT
                 entry["auc_weighted"] = auc(score[keep], label[keep], w)
-                entry["ams_best"], entry["ams_threshold"] = _ams(score[keep], label[keep], w)
+                entry["ams_best"], entry["ams_threshold"] = weighted_ams(
+                    score[keep], label[keep], w, challenge
+                )
+                entry["ams_normalisation"] = ams_normalisation(challenge)
+                entry["negative_weights"] = int((w < 0).sum())
             per_net[name]["datasets"][dataset] = entry
         common = np.logical_and.reduce(list(heldout.values()))
         y = label[common]

@@ -33,8 +33,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -51,6 +53,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Options added in hepnn 0.2.x that are left out of every dump while unset, so that a
+#: config or ``model.json`` that does not use them keeps its bytes (and hashes).
+_UNSET_OMITTED: dict[str, tuple[Any, ...]] = {
+    "FlatInputs": ("transform", {}),
+    "SplitSpec": ("salt", None, "val_fraction", None),
+    "TrainingSpec": ("class_balance", False),
+}
+
+
+def _omit_unset(model: BaseModel, data: Any) -> Any:
+    """``data`` (a dump of ``model``) without the new options that hold their default."""
+    pairs = _UNSET_OMITTED.get(type(model).__name__, ())
+    if isinstance(data, dict):
+        for key, default in zip(pairs[::2], pairs[1::2], strict=True):
+            if key in data and data[key] == default:
+                del data[key]
+    return data
+
+
 # ------------------------------------------------------------------- inputs
 class FlatInputs(_Strict):
     """Event-level features: standardised on the training events, missing values imputed.
@@ -62,6 +83,22 @@ class FlatInputs(_Strict):
     kind: Literal["flat"] = "flat"
     features: list[str] = Field(min_length=1)
     missing_flags: Literal["auto", "none"] | list[str] = "auto"
+    transform: dict[str, Literal["log1p"]] = Field(
+        default_factory=dict,
+        description="per feature, applied before standardising: log1p = log(1 + x), x > -1",
+    )
+
+    @model_validator(mode="after")
+    def _transform_features(self) -> FlatInputs:
+        unknown = sorted(set(self.transform) - set(self.features))
+        if unknown:
+            msg = f"transform names feature(s) not among the features: {', '.join(unknown)}"
+            raise ValueError(msg)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _omit_unset(self, handler(self))
 
     @field_validator("features")
     @classmethod
@@ -142,6 +179,22 @@ class SplitSpec(_Strict):
     )
     id_column: str = Field("EventId", description="integer event id branch")
     seed: int = Field(1234, ge=0, description="hash seed of a random split")
+    salt: int | None = Field(
+        None,
+        ge=0,
+        description="kfold: hashed folds keyed by salt instead of id % folds (ensemble members); "
+        "random: train/validation re-hashed with salt, test ids unchanged",
+    )
+    val_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="kfold: validate on this hashed share of the non-test rows instead of a whole fold",
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _omit_unset(self, handler(self))
 
     @field_validator("fractions")
     @classmethod
@@ -155,6 +208,9 @@ class SplitSpec(_Strict):
     def _folds(self) -> SplitSpec:
         if self.method == "kfold" and self.folds < 3:
             msg = "kfold needs folds >= 3 (apply on fold i, validate on fold i+1, train on the rest); use method 'parity' for a 2-way split"
+            raise ValueError(msg)
+        if self.val_fraction is not None and self.method != "kfold":
+            msg = "val_fraction applies to method 'kfold' only (random: set fractions)"
             raise ValueError(msg)
         return self
 
@@ -199,6 +255,15 @@ class TrainingSpec(_Strict):
         False, description="weight the loss by the event weights, signal and background totals equal"
     )
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    class_balance: bool = Field(
+        False,
+        description="without use_weights: weight the loss so that signal and background rows "
+        "each carry half of the total (flat inputs)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _omit_unset(self, handler(self))
 
 
 # ------------------------------------------------------------------ network

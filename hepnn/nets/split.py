@@ -83,17 +83,62 @@ def fold_codes(fold: np.ndarray, model: int, folds: int) -> np.ndarray:
     ).astype(np.int8)
 
 
+#: Second word of the hash key of a ``val_fraction`` draw (independent of the fold hash).
+_VAL_KEY = 0x5641
+
+
+def kfold_folds(ids: np.ndarray, split: SplitSpec | Mapping[str, Any]) -> np.ndarray:
+    """The fold (int64) of every id of a kfold split: ``id % folds``, or hashed with ``salt``."""
+    s = as_split(split)
+    ids = np.asarray(ids).astype(np.int64)
+    if s.salt is None:
+        return ids % s.folds
+    return hashed_folds(ids, s.folds, s.salt)
+
+
 def split_codes(ids: np.ndarray, split: SplitSpec | Mapping[str, Any], model: int = 0) -> np.ndarray:
-    """:data:`TRAIN` / :data:`VAL` / :data:`TEST` (int8) of each id for model ``model``."""
+    """:data:`TRAIN` / :data:`VAL` / :data:`TEST` (int8) of each id for model ``model``.
+
+    kfold: test fold ``model``; validation fold ``model + 1``, or with ``val_fraction``
+    the non-test ids whose hash (keyed by ``salt`` or 0 and a fixed constant) falls
+    below ``val_fraction`` — every other fold then trains, (k-1)/k x (1 - val_fraction)
+    of the rows instead of (k-2)/k. random: with ``salt``, the non-test ids are
+    re-hashed into train / validation at the same proportions; the test ids are
+    those of the unsalted split.
+    """
     s = as_split(split)
     ids = np.asarray(ids).astype(np.int64)
     if s.method == "parity":
         return np.where(ids % 2 == 0, TRAIN, VAL).astype(np.int8)
     if s.method == "kfold":
-        return fold_codes(ids % s.folds, model, s.folds)
+        fold = kfold_folds(ids, s)
+        if s.val_fraction is None:
+            return fold_codes(fold, model, s.folds)
+        v = hash_uniform(ids, (s.salt or 0) * 0x10000 + _VAL_KEY)
+        return np.where(fold == model, TEST, np.where(v < s.val_fraction, VAL, TRAIN)).astype(np.int8)
     u = hash_uniform(ids, s.seed)
     f_train, f_val, _ = s.fractions
-    return np.where(u < f_train, TRAIN, np.where(u < f_train + f_val, VAL, TEST)).astype(np.int8)
+    codes = np.where(u < f_train, TRAIN, np.where(u < f_train + f_val, VAL, TEST)).astype(np.int8)
+    if s.salt is not None:
+        v = hash_uniform(ids, s.salt)
+        share = f_train / (f_train + f_val)
+        codes = np.where(codes == TEST, TEST, np.where(v < share, TRAIN, VAL)).astype(np.int8)
+    return codes
+
+
+def member_split(split: SplitSpec, seed: int, member: int) -> SplitSpec:
+    """The split of ensemble member ``member`` (>= 1) of a network whose training seed is ``seed``.
+
+    Members vary the split as well as the seed, so that the ensemble spread covers
+    the choice of training events: kfold members get hashed folds salted with
+    ``seed + member`` (every event is still scored by a model of that member that
+    never saw it); random members re-draw train / validation with that salt and keep
+    the test ids; a parity split has nothing to vary and is kept. Member 0 (the
+    deployed network) always keeps ``split`` unchanged.
+    """
+    if member == 0 or split.method == "parity":
+        return split
+    return split.model_copy(update={"salt": int(seed) + int(member)})
 
 
 def route(ids: np.ndarray, split: SplitSpec | Mapping[str, Any]) -> np.ndarray:
@@ -101,7 +146,7 @@ def route(ids: np.ndarray, split: SplitSpec | Mapping[str, Any]) -> np.ndarray:
     s = as_split(split)
     ids = np.asarray(ids).astype(np.int64)
     if s.method == "kfold":
-        return ids % s.folds
+        return kfold_folds(ids, s)
     return np.zeros(ids.shape, dtype=np.int64)
 
 

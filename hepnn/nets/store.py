@@ -94,6 +94,8 @@ def weight_file(split: SplitSpec, model: int) -> str:
 
 
 def _applies_to(split: SplitSpec, model: int) -> str:
+    if split.method == "kfold" and split.salt is not None:
+        return f"hashed fold (salt {split.salt}) of {split.id_column} == {model}"
     if split.method == "kfold":
         return f"{split.id_column} % {split.folds} == {model}"
     if split.method == "parity":

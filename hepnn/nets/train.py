@@ -70,7 +70,11 @@ class TrainResult:
 
 
 def balanced_weights(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weights rescaled so that signal and background each sum to N/2 (mean 1)."""
+    """Weights rescaled so that signal and background each sum to N/2 (mean 1).
+
+    Negative weights (NLO simulation) keep their sign: each class's *signed* sum,
+    its physical yield, is scaled to N/2 and must be positive.
+    """
     w = np.asarray(weights, dtype=np.float64)
     out = np.empty_like(w)
     for cls in (0, 1):
@@ -88,9 +92,10 @@ def _loss_weights(spec: NetworkSpec, data: TrainingData, rows: np.ndarray) -> to
     """Per-row loss weights, or None for the plain mean.
 
     Flat networks take a weighted mean (balanced event weights with
-    ``use_weights``, else weights 1); jet networks the plain mean. The two agree
-    up to the last bit, and each kind keeps its form so that a config trains to
-    the same bits in every hepnn version.
+    ``use_weights``; with ``class_balance`` weights 1 rescaled so that each class
+    carries half of the total; else weights 1); jet networks the plain mean. The
+    two agree up to the last bit, and each kind keeps its form so that a config
+    trains to the same bits in every hepnn version.
     """
     if spec.kind != "flat":
         return None
@@ -99,14 +104,25 @@ def _loss_weights(spec: NetworkSpec, data: TrainingData, rows: np.ndarray) -> to
             msg = f"training.use_weights is true but the data has no {spec.weight!r} branch"
             raise ConfigError(msg)
         return torch.from_numpy(balanced_weights(data.labels[rows], data.weights[rows])).float()
+    if spec.training.class_balance:
+        ones = np.ones(int(rows.sum()))
+        return torch.from_numpy(balanced_weights(data.labels[rows], ones)).float()
     return torch.from_numpy(np.ones(int(rows.sum()))).float()
 
 
-def _batch_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+def batch_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Binary cross-entropy of the logits: plain mean, or ``Σ w_i l_i / Σ |w_i|``.
+
+    Negative event weights are kept with their sign in the numerator (the weighted
+    sum is then an unbiased estimate of the loss on the physical distribution) and
+    the normaliser is ``Σ |w_i|``, which is positive and never cancels to ~0 in a
+    batch where positive and negative weights nearly balance. For non-negative
+    weights ``Σ |w_i| = Σ w_i`` exactly, so such trainings keep their bits.
+    """
     if w is None:
         return nn.functional.binary_cross_entropy_with_logits(logits, y)
     per_row = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    return (per_row * w).sum() / w.sum()
+    return (per_row * w).sum() / w.abs().sum()
 
 
 def fit_model(
@@ -198,17 +214,17 @@ def fit_model(
                 xb = x_tr[idx] if augment is None else augment(x_tr[idx], augment_rng)
                 wb = None if w_tr is None else w_tr[idx]
                 opt.zero_grad(set_to_none=True)
-                loss = _batch_loss(model(xb), y_tr[idx], wb)
+                loss = batch_loss(model(xb), y_tr[idx], wb)
                 loss.backward()
                 opt.step()
-                size = float(len(idx)) if wb is None else float(wb.sum())
+                size = float(len(idx)) if wb is None else float(wb.abs().sum())
                 total += float(loss.detach()) * size
                 total_w += size
             train_loss = total / total_w
 
             model.eval()
             logits = forward(model, x_va, builder.micro_batch, "logit")
-            val_loss = float(_batch_loss(torch.from_numpy(logits), y_va, w_va))
+            val_loss = float(batch_loss(torch.from_numpy(logits), y_va, w_va))
             scores = logits.astype(np.float64)
             val_auc = auc(scores, y_va_np)
             val_auc_w = auc(scores, y_va_np, raw_w_va) if raw_w_va is not None else math.nan
