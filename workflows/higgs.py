@@ -215,7 +215,9 @@ class Higgs(Workflow):
             )  # fmt: skip
             if "mc" in replicas:
                 columns[f"score_{net}_mcd_mean"] = replicas["mc"].mean(axis=0, dtype=np.float64)
-                columns[f"score_{net}_mcd_std"] = replicas["mc"].std(axis=0, dtype=np.float64)
+                columns[f"score_{net}_mcd_std"] = replicas["mc"].std(
+                    axis=0, ddof=1, dtype=np.float64
+                )
             out.update(replica_hists(net, score, replicas, process, weight, PROCESSES))
         out["columns"] = {dataset: Columns(columns)}
         return out

@@ -150,11 +150,15 @@ class TopTag(Workflow):
             )  # fmt: skip
             if "mc" in replicas:
                 columns[f"score_{name}_mcd_mean"] = replicas["mc"].mean(axis=0, dtype=np.float64)
-                columns[f"score_{name}_mcd_std"] = replicas["mc"].std(axis=0, dtype=np.float64)
+                columns[f"score_{name}_mcd_std"] = replicas["mc"].std(
+                    axis=0, ddof=1, dtype=np.float64
+                )
             if replicas:
                 replicas = {k: v[:, ok] for k, v in replicas.items()}
                 weight = np.ones(int(ok.sum()))
-                out.update(replica_hists(name, scores[name][ok], replicas, process[ok], weight, PROCESSES))
+                out.update(
+                    replica_hists(name, scores[name][ok], replicas, process[ok], weight, PROCESSES)
+                )
         return columns
 
     @staticmethod

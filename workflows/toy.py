@@ -64,6 +64,8 @@ class Toy(Workflow):
                 members=self.context.ensembles.get(net),
             )  # fmt: skip
             if replicas:
-                out.update(replica_hists(net, score, replicas, process, np.ones(len(label)), PROCESSES))
+                out.update(
+                    replica_hists(net, score, replicas, process, np.ones(len(label)), PROCESSES)
+                )
         out["columns"] = {dataset: Columns(columns)}
         return out
