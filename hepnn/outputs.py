@@ -75,12 +75,18 @@ def root_objects(hists: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
     """Split categorical axes into separate 1D/2D histograms ROOT/cabinetry can read.
 
     ``name`` with a ``StrCategory`` axis ``process`` becomes ``name/<process>``;
-    histograms left with more than two numeric axes are not written.
+    histograms left with more than two numeric axes are not written. Replica sets
+    (an ``mc`` or ``member`` axis) and their descriptive summaries (a ``stat`` axis:
+    mean, std, q16, q84) stay in ``hists.pkl``: ``hists.root`` gets the replicas and
+    the valid templates in the band's own layout (:func:`hepnn.bands.to_root_variations`),
+    never per-bin quantiles that a fit could mistake for Up/Down templates.
     """
     out: dict[str, hist.Hist] = {}
     for name, h in hists.items():
         if all(_is_category(ax) for ax in h.axes):
             continue  # a pure yield table has no binned axis to write as a TH1
+        if {"mc", "member", "stat"} & set(h.axes.name):
+            continue
         if SYST_AXIS in h.axes.name:
             out.update(syst_templates(name, h))
             continue

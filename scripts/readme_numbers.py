@@ -33,16 +33,31 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BLOCK = re.compile(r"(<!-- numbers:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.S)
 
-#: Output folder name -> (config, --set overrides) that produce it.
-RUNS: dict[str, tuple[str, list[str]]] = {
-    "higgs": ("configs/higgs.yaml", []),
-    "toptag": ("configs/toptag.yaml", ["cross_validation=null"]),
-    "toy_taylor": ("configs/toy_taylor.yaml", []),
-    "toy_taylor_unscaled": ("configs/toy_taylor.yaml", ["taylor.inputs=unscaled"]),
-    "toy_correlation": ("configs/toy_correlation.yaml", []),
+#: Output folder name -> (config, --set overrides, folder whose models it applies or None).
+RUNS: dict[str, tuple[str, list[str], str | None]] = {
+    "higgs": ("configs/higgs.yaml", [], None),
+    "toptag": ("configs/toptag.yaml", ["cross_validation=null"], None),
+    "toy_taylor": ("configs/toy_taylor.yaml", [], None),
+    # the same trained network, ranked in the unscaled inputs
+    "toy_taylor_unscaled": ("configs/toy_taylor.yaml", ["taylor.inputs=unscaled"], "toy_taylor"),
+    "toy_correlation": ("configs/toy_correlation.yaml", [], None),
 }
 #: Runs only made with ``run --cv`` (too long for CI).
-CV_RUNS: dict[str, tuple[str, list[str]]] = {"toptag_cv": ("configs/toptag.yaml", [])}
+CV_RUNS: dict[str, tuple[str, list[str], str | None]] = {
+    "toptag_cv": ("configs/toptag.yaml", [], None)
+}
+
+
+def run_one(out: Path, name: str, *, progress: bool = False) -> None:
+    """Run ``RUNS[name]`` (or ``CV_RUNS[name]``) into ``out/<name>``, no plots, no ROOT file."""
+    sys.path.insert(0, str(ROOT))
+    from hepnn.config import load_config
+    from hepnn.pipeline import run_config
+
+    config, sets, models_from = {**RUNS, **CV_RUNS}[name]
+    cfg = load_config(ROOT / config, [*sets, "outputs.plots=false", "outputs.hists_root=false"])
+    models = out / models_from / "models" if models_from else None
+    run_config(cfg, out / name, progress=progress, models_dir=models)
 
 
 # --------------------------------------------------------------------- reading
@@ -50,7 +65,7 @@ def _metrics(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def _ranking(folder: Path, net: str) -> dict[str, dict[str, str]]:
+def ranking(folder: Path, net: str) -> dict[str, dict[str, str]]:
     with (folder / "ranking" / f"{net}.csv").open() as fh:
         return {row["term"]: row for row in csv.DictReader(fh)}
 
@@ -123,19 +138,36 @@ def block_toptag_cv(out: Path) -> str:
 
 
 def _toy_terms(out: Path, folder: str, terms: list[str]) -> str:
-    rank = _ranking(out / folder, "nn")
+    rank = ranking(out / folder, "nn")
     return ", ".join(f"{t.replace('*', '·')} {_f3(float(rank[t]['value']))}" for t in terms)
 
 
+#: The lecture's toy table (derivatives in the unscaled inputs).
+LECTURE = {"x1": 0.16, "x2": 0.16, "x1*x2": 0.07, "x1*x1": 0.04, "x2*x2": 0.04}
+
+
+def _term(term: str) -> str:
+    a, _, b = term.partition("*")
+    return f"{a}²" if a == b else term.replace("*", "·")
+
+
 def block_toy_taylor(out: Path) -> str:
-    """The lecture toy's ranking, both input conventions, and its AUC."""
-    terms = ["x1", "x2", "x1*x2", "x1*x1", "x2*x2"]
+    """The lecture toy's ranking in both input conventions beside the lecture's table."""
+    unscaled = ranking(out / "toy_taylor_unscaled", "nn")
+    standard = ranking(out / "toy_taylor", "nn")
     auc = _metrics(out / "toy_taylor")["networks"]["nn"]["datasets"]["toy_gauss"]["auc"]
-    return (
-        f"standardised inputs: {_toy_terms(out, 'toy_taylor', terms)};\n"
-        f"unscaled inputs (`--set taylor.inputs=unscaled`): "
-        f"{_toy_terms(out, 'toy_taylor_unscaled', terms)}; AUC {_f3(auc)}.\n"
-    )
+    lines = [
+        "| term | lecture (unscaled) | `--set taylor.inputs=unscaled` | ratio | `standardised` (default) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for term, ref in LECTURE.items():
+        u = unscaled[term]
+        v = float(u["value"])
+        lines.append(
+            f"| {_term(term)} | {ref:.2f} | {v:.4f} ± {float(u['err_stat']):.4f} | {v / ref:.2f} "
+            f"| {float(standard[term]['value']):.4f} |"
+        )
+    return "\n".join(lines) + f"\n\nAUC {_f3(auc)} on the held-out (odd-id) events.\n"
 
 
 def block_toy_correlation(out: Path) -> str:
@@ -144,16 +176,50 @@ def block_toy_correlation(out: Path) -> str:
 
 
 def block_higgs(out: Path) -> str:
-    """The Higgs DNN's held-out metrics."""
-    d = _metrics(out / "higgs")["networks"]["dnn"]["datasets"]["higgs_challenge"]
-    return (
+    """The Higgs DNN's held-out metrics and its comparison with boosted trees."""
+    net = _metrics(out / "higgs")["networks"]["dnn"]
+    d = net["datasets"]["higgs_challenge"]
+    text = (
         f"AUC {_f3(d['auc'])} (weighted {_f3(d['auc_weighted'])}) on all "
-        f"{d['rows']:,} events, each scored by the fold model that did not train on it.\n"
+        f"{d['rows']:,} events, each scored by the fold model that did not train on it; "
+        f"best AMS {d['ams_best']:.2f} at the challenge totals (b_reg = 10).\n"
     )
+    vs = net.get("vs_boosted_trees") or net.get("training", {}).get("vs_boosted_trees")
+    if vs:
+        diff = vs["auc_difference"]
+        text += (
+            f"Against a `HistGradientBoostingClassifier` on the same held-out events: AUC "
+            f"{vs['network']['auc']:.4f} vs {vs['boosted_trees']['auc']:.4f}, difference "
+            f"{diff['difference']:+.4f} ± {diff['standard_error']:.4f} (paired bootstrap, "
+            f"{diff['resamples']:,} resamples); weighted AUC {vs['network']['auc_weighted']:.4f} vs "
+            f"{vs['boosted_trees']['auc_weighted']:.4f}; best AMS {vs['network']['ams_best']:.2f} vs "
+            f"{vs['boosted_trees']['ams_best']:.2f}.\n"
+        )
+    return text
+
+
+def block_higgs_ranking(out: Path) -> str:
+    """The top of the Higgs DNN's ranking with its errors."""
+    with (out / "higgs" / "ranking" / "dnn.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    lines = [
+        "| rank | term | ⟨\\|t\\|⟩ | ± err | ± stat | ± train | defined | z to next |",
+        "|---:|:---|---:|---:|---:|---:|---:|:---|",
+    ]
+    for r in rows[:7]:
+        mark = "" if r["separated"] in ("True", "true", "1") else " ≈"
+        train = f"{float(r['err_train']):.4f}" if r["err_train"] else "–"
+        lines.append(
+            f"| {r['rank']} | {_term(r['term'])} | {float(r['value']):.4f} | {float(r['err']):.4f} "
+            f"| {float(r['err_stat']):.4f} | {train} | {float(r['defined_fraction']):.3f} "
+            f"| {float(r['z_next']):.1f}{mark} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "higgs": block_higgs,
+    "higgs_ranking": block_higgs_ranking,
     "toptag": block_toptag,
     "toptag_cv": block_toptag_cv,
     "toy_taylor": block_toy_taylor,
@@ -162,6 +228,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 #: The folders each block reads (a block is rendered only when they all exist).
 NEEDS: dict[str, tuple[str, ...]] = {
     "higgs": ("higgs",),
+    "higgs_ranking": ("higgs",),
     "toptag": ("toptag",),
     "toptag_cv": ("toptag_cv",),
     "toy_taylor": ("toy_taylor", "toy_taylor_unscaled"),
@@ -207,14 +274,9 @@ def write(out: Path, readme: Path = README) -> list[str]:
 
 
 def run(out: Path, *, cv: bool = False) -> None:
-    """Run the shipped configs into ``out/<name>`` (no plots, no ROOT file)."""
-    sys.path.insert(0, str(ROOT))
-    from hepnn.config import load_config
-    from hepnn.pipeline import run_config
-
-    for name, (config, sets) in {**RUNS, **(CV_RUNS if cv else {})}.items():
-        cfg = load_config(ROOT / config, [*sets, "outputs.plots=false", "outputs.hists_root=false"])
-        run_config(cfg, out / name, progress=True)
+    """Run the shipped configs into ``out/<name>``."""
+    for name in [*RUNS, *(CV_RUNS if cv else [])]:
+        run_one(out, name, progress=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hepnn.config import TaylorConfig, load_config
+from hepnn.config import TaylorConfig
 from hepnn.nets.data import TrainingData
 from hepnn.nets.flat import FlatBuilder
 from hepnn.nets.rank import (
@@ -26,7 +25,6 @@ from hepnn.nets.spec import FlatInputs, NetworkSpec, SplitSpec, TrainingSpec
 from hepnn.nets.split import route
 from hepnn.nets.store import load_network, save_network
 from hepnn.nets.train import train_network
-from hepnn.pipeline import run_config
 from hepnn.taylor import (
     bootstrap_counts,
     gradient_sums,
@@ -296,23 +294,3 @@ def test_map_bootstrap_is_a_reweighting_of_the_same_gradients():
 # ------------------------------------------------------------ the lecture's toy
 #: The lecture's toy table: derivatives in the unscaled inputs (arXiv:1803.08782 convention).
 LECTURE = {"x1": 0.16, "x2": 0.16, "x1*x2": 0.07, "x1*x1": 0.04, "x2*x2": 0.04}
-
-
-@pytest.mark.slow
-def test_toy_unscaled_reproduces_the_lecture_table(tmp_path):
-    """``configs/toy_taylor.yaml --set taylor.inputs=unscaled``: the lecture's numbers and order."""
-    repo = Path(__file__).resolve().parents[1]
-    sets = ["taylor.inputs=unscaled", "taylor.monitor_every=0", "outputs.plots=false"]
-    run_config(load_config(repo / "configs" / "toy_taylor.yaml", sets), tmp_path, progress=False)
-    with (tmp_path / "ranking" / "nn.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    values = {r["term"]: float(r["value"]) for r in rows}
-    for term, lecture in LECTURE.items():
-        assert values[term] == pytest.approx(lecture, rel=0.25), term
-    ranked = [r["term"] for r in rows]
-    # the lecture's order: x1, x2 (a tie), then x1*x2, then the squares (a tie)
-    assert set(ranked[:2]) == {"x1", "x2"}
-    assert ranked[2] == "x1*x2"
-    assert set(ranked[3:5]) == {"x1*x1", "x2*x2"}
-    doc = json.loads((tmp_path / "ranking" / "nn.json").read_text())
-    assert doc["metadata"]["inputs"].startswith("derivatives in the original")
