@@ -15,11 +15,8 @@ plot                            drawn from
 ``plots/training_<net>``        ``models/<net>/history.csv``
 ``ranking/<net>``               ``ranking/<net>.csv`` (+ ``.json`` for the title)
 ``ranking/<net>_history``       ``ranking/<net>_history.csv``
+``ranking/<net>_taylor_map``    ``ranking/<net>_taylor_map.npz`` (jet networks)
 ==============================  ==================================================
-
-Not redrawn: the first-order Taylor maps of jet taggers
-(``ranking/<net>_taylor_map``), whose gradient arrays are not stored (``hepnn rank``
-recomputes them from the models).
 """
 
 from __future__ import annotations
@@ -112,6 +109,22 @@ def _history_figure(rows: Sequence[dict[str, str]], title: str, top: int = 10) -
     return fig
 
 
+def _taylor_map(path: Path, formats: list[str]) -> list[Path]:
+    """A jet network's first-order Taylor map, from the array its run stored."""
+    from hepnn.plotting import save_figure
+    from hepnn.taylor import image_map_figure, sequence_map_figure
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            gmap, kind = npz["map"], str(npz["kind"])
+            labels, title = [str(x) for x in npz["labels"]], str(npz["title"])
+    except (OSError, KeyError, ValueError) as err:
+        msg = f"{path}: not a Taylor map written by hepnn ({type(err).__name__}: {err})"
+        raise InputError(msg) from None
+    draw = image_map_figure if kind == "image" else sequence_map_figure
+    return save_figure(draw(gmap, labels, title), path.with_suffix(""), formats)
+
+
 def _rankings(outdir: Path, formats: list[str], top: int) -> list[Path]:
     from hepnn.plotting import save_figure
 
@@ -132,6 +145,8 @@ def _rankings(outdir: Path, formats: list[str], top: int) -> list[Path]:
             events = f", {meta['n_events']} events" if "n_events" in meta else ""
             fig = ranking_figure(rows, f"{path.stem}: Taylor ranking{what}{events}", top)
         written += save_figure(fig, stem, formats)
+    for path in sorted((outdir / "ranking").glob("*_taylor_map.npz")):
+        written += _taylor_map(path, formats)
     return written
 
 

@@ -122,6 +122,24 @@ def test_metrics_auc_recomputed_from_the_columns(test_run: Path) -> None:
     assert d["signal"] == int((cols["Label"] == 1).sum())
 
 
+def test_metrics_ams_recomputed_from_the_columns(test_run: Path) -> None:
+    """Best AMS at the challenge totals, b_reg = 10, from the columns with numpy alone."""
+    d = json.loads((test_run / "metrics.json").read_text())["networks"]["dnn"]["datasets"][
+        "higgs_challenge"
+    ]
+    cols = pq.read_table(test_run / "columns" / "higgs_challenge.parquet").to_pandas()
+    label = cols["Label"].to_numpy() == 1
+    w = cols["Weight"].to_numpy(dtype=np.float64)
+    w = np.where(label, w * 691.988607712 / w[label].sum(), w * 410999.847322 / w[~label].sum())
+    score = cols["score_dnn"].to_numpy(dtype=np.float64)
+    thresholds = np.arange(1000) / 1000  # the metric's 1000 score bins: select score >= t
+    s = np.array([w[label & (score >= t)].sum() for t in thresholds])
+    b = np.array([w[~label & (score >= t)].sum() for t in thresholds])
+    ams = np.sqrt(2 * ((s + b + 10) * np.log(1 + s / (b + 10)) - s))
+    assert d["ams_best"] == pytest.approx(ams.max(), rel=1e-6)
+    assert d["ams_threshold"] == pytest.approx(thresholds[ams.argmax()], abs=1e-9)
+
+
 def test_rank_saved_models(test_run: Path) -> None:
     code, text = hepnn(
         "rank", str(HIGGS), "-o", str(test_run), "--order", "1", "--top", "5",

@@ -414,3 +414,19 @@ def test_bad_constituents_fail_naming_file_entry_branch(
     with pytest.raises(InputError, match=message.split("InputError: ")[1]) as err:
         run_config(cfg, tmp_path / "out2", progress=False, models_dir=trained / "models")
     assert str(err.value).startswith(f"{tmp_path / 'bad.root'}: branch ")
+
+
+def test_plot_redraws_every_plot_of_a_tagger_run(trained: Path, tmp_path: Path) -> None:
+    """``hepnn plot``: the tagger run's plots, the Taylor maps too, drawn again from its files."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    drawn = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert any(p.name.endswith("_taylor_map.png") for p in drawn)
+    for p in out.rglob("*.png"):
+        p.unlink()
+    res = CliRunner().invoke(main, ["plot", str(out), "--format", "png"])
+    assert res.exit_code == 0, res.output
+    again = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert set(drawn) <= set(again)

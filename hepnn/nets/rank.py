@@ -285,6 +285,19 @@ def _jet_values(kind: str, gmap: np.ndarray, den: np.ndarray) -> np.ndarray:
     return aggregate_constituents(gmap[:-1], den[:-1])  # the mask channel is no physics input
 
 
+def write_map(path: Path, gmap: np.ndarray, kind: str, labels: list[str], title: str) -> Path:
+    """The drawn map as ``.npz`` (``map``, ``kind``, ``labels``, ``title``): ``hepnn plot`` redraws it."""
+    import io
+
+    from hepnn.files import atomic_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, map=gmap, kind=np.str_(kind), labels=np.array(labels, dtype=np.str_),
+             title=np.str_(title))  # fmt: skip
+    atomic_bytes(path, buf.getvalue())
+    return path
+
+
 def jet_map(
     name: str,
     loaded: LoadedNetwork,
@@ -312,10 +325,13 @@ def jet_map(
     gmap, den = _combined_map(maps)
     values = _jet_values(loaded.kind, gmap, den)
     if loaded.kind == "image":
-        fig = image_map_figure(gmap, list(builder.settings.channels), name)
+        drawn, labels = gmap, list(builder.settings.channels)
+        fig = image_map_figure(drawn, labels, name)
     else:
-        fig = sequence_map_figure(gmap[:-1], builder.input_names, name)
+        drawn, labels = gmap[:-1], list(builder.input_names)  # the mask channel is not drawn
+        fig = sequence_map_figure(drawn, labels, name)
     files = save_figure(fig, stem, formats) if formats else []
+    files.append(write_map(stem.with_suffix(".npz"), drawn, loaded.kind, labels, name))
     result = first_order_result(builder.input_names, values, int(rows.size))
     boot = None
     if counts is not None:
