@@ -209,7 +209,12 @@ def write_root(
     ``extra`` maps full ROOT paths (``"<hist>/<process>/<variation>"``) to histograms and
     is written verbatim, after (and over) the split ones. Returns the names written.
     """
-    objs = {n: _root_ready(h) for n, h in {**root_objects(hists), **(extra or {})}.items()}
+    extra = extra or {}
+    # a template folder (score/<process>/nominal, ...) replaces the plain split histogram of
+    # the same path (score/<process>): ROOT cannot hold a histogram and a folder of one name
+    folders = {name.rsplit("/", 1)[0] for name in extra}
+    split = {n: h for n, h in root_objects(hists).items() if n not in folders}
+    objs = {n: _root_ready(h) for n, h in {**split, **extra}.items()}
     with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
         for name, h in objs.items():
             f[name] = h

@@ -89,28 +89,29 @@ def test_hists_pkl_loads_with_pickle_and_hist_alone(test_run: Path) -> None:
 
 
 def test_hists_root_has_the_same_values(test_run: Path) -> None:
+    """Every fit template of DER_mass_MMC in hists.root against the histogram in hists.pkl."""
     with (test_run / "hists.pkl").open("rb") as fh:
-        hists = pickle.load(fh)
-    h = hists["DER_mass_MMC"]
-    process_axis = h.axes["process"]
+        h = pickle.load(fh)["DER_mass_MMC"]
+    assert {"dataset", "process", "njet", "syst"} <= set(h.axes.name)  # the config's variations
+    compared = 0
     with uproot.open(test_run / "hists.root") as f:
-        compared = 0
-        for path, th1 in f.items(filter_classname="TH1*"):
-            parts = path.split(";")[0].split("/")
-            if parts[0] != "DER_mass_MMC":
-                continue
-            cats = [
-                ax for ax in h.axes if isinstance(ax, hist.axis.StrCategory | hist.axis.IntCategory)
-            ]
-            sub = h
-            for axis, folder in zip(cats, parts[1:], strict=True):
-                # folder names are the category values with "/" and " " made "_"
-                names = {str(v).replace("/", "_").replace(" ", "_"): v for v in axis}
-                sub = sub[{axis.name: hist.loc(names[folder])}]
-            np.testing.assert_array_equal(th1.values(), sub.values())
-            np.testing.assert_allclose(th1.variances(), sub.variances())
-            compared += 1
-    assert compared >= len(process_axis)
+        for process in h.axes["process"]:
+            for syst in h.axes["syst"]:
+                # <hist>/<process>/<syst>: summed over the other categories
+                th1 = f[f"DER_mass_MMC/{process}/{syst}"]
+                sub = h[{"process": process, "syst": syst, "dataset": sum, "njet": sum}]
+                np.testing.assert_allclose(th1.values(), sub.values(), rtol=1e-12)
+                np.testing.assert_allclose(th1.variances(), sub.variances(), rtol=1e-12)
+                # <hist>_<dataset>_<jet bin>/<process>/<syst>: one region per category
+                for njet in h.axes["njet"]:
+                    region = f"DER_mass_MMC_higgs_challenge_{njet.replace(' ', '_')}"
+                    th1 = f[f"{region}/{process}/{syst}"]
+                    sub = h[{"process": process, "syst": syst, "dataset": "higgs_challenge",
+                             "njet": njet}]  # fmt: skip
+                    np.testing.assert_array_equal(th1.values(), sub.values())
+                    compared += 1
+        assert f["DER_mass_MMC/signal/nominal"].member("fXaxis").member("fTitle")  # an axis title
+    assert compared == len(h.axes["process"]) * len(h.axes["syst"]) * len(h.axes["njet"])
 
 
 def test_metrics_auc_recomputed_from_the_columns(test_run: Path) -> None:

@@ -83,8 +83,10 @@ def test_higgs_outputs_written(higgs_run: Path) -> None:
         assert len(digest) == 64
     assert (higgs_run / "plots" / "DER_mass_MMC.png").stat().st_size > 10_000
     with uproot.open(higgs_run / "hists.root") as f:
-        h = f["DER_mass_MMC/higgs_challenge/signal/0_jets"]
+        # the config's input variations: fit templates, one region per dataset and jet bin
+        h = f["DER_mass_MMC_higgs_challenge_0_jets/signal/nominal"]
         assert h.values().shape == (50,)
+        assert f["DER_mass_MMC/signal/tesUp"].values().shape == (50,)
     assert len(manifest["config_hash"]) == 64
     assert len(manifest["workflow"]["source_sha256"]) == 64
     assert manifest["packages"]["coffea"]

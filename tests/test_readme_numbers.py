@@ -35,7 +35,7 @@ def test_write_replaces_only_the_block_body(tmp_path: Path) -> None:
     run.mkdir(parents=True)
     (run / "metrics.json").write_text(
         '{"networks": {"dnn": {"datasets": {"higgs_challenge": '
-        '{"auc": 0.8934, "auc_weighted": 0.9199, "rows": 18000}}}}}'
+        '{"auc": 0.8934, "auc_weighted": 0.9199, "rows": 18000, "ams_best": 3.2}}}}}'
     )
     assert numbers.differences(tmp_path / "runs", readme)  # 0.111 is not what the run gives
     assert numbers.write(tmp_path / "runs", readme) == ["higgs"]
@@ -43,6 +43,7 @@ def test_write_replaces_only_the_block_body(tmp_path: Path) -> None:
     assert text.startswith("intro 0.5\n")
     assert text.endswith("end 0.7\n")
     assert "AUC 0.893 (weighted 0.920) on all 18,000 events" in text
+    assert "best AMS 3.20 at the challenge totals" in text
     assert not [p for p in numbers.differences(tmp_path / "runs", readme) if "higgs" in p]
 
 

@@ -28,8 +28,8 @@ def test_image_map_figure_one_panel_per_channel():
     try:
         axes = [ax for ax in fig.axes if ax.get_title()]
         assert [ax.get_title() for ax in axes] == [
-            "cnn2d: ⟨|∂y/∂pixel|⟩, channel pt",
-            "cnn2d: ⟨|∂y/∂pixel|⟩, channel n",
+            r"cnn2d: $\langle|\partial y/\partial$pixel$|\rangle$, channel pt",
+            r"cnn2d: $\langle|\partial y/\partial$pixel$|\rangle$, channel n",
         ]
         # imshow of the transposed map: phi pixel on the y axis
         assert axes[0].images[0].get_array().shape == (4, 5)
@@ -42,7 +42,7 @@ def test_sequence_map_figure_rows_are_features():
     fig = sequence_map_figure(fmap, ["pt", "eta", "phi"], "cnn1d")
     try:
         ax = fig.axes[0]
-        assert ax.get_title() == "cnn1d: ⟨|∂y/∂x|⟩ per feature and constituent"
+        assert ax.get_title() == r"cnn1d: $\langle|\partial y/\partial x|\rangle$ per feature and constituent"
         assert [t.get_text() for t in ax.get_yticklabels()] == ["pt", "eta", "phi"]
         assert ax.images[0].get_array().shape == (3, 7)
     finally:

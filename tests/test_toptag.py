@@ -243,7 +243,8 @@ def test_ensemble_trains_members_and_fills_member_bands(tmp_path: Path) -> None:
     member = json.loads((tmp_path / "models" / "cnn1d_member1" / "model.json").read_text())
     nominal = json.loads((tmp_path / "models" / "cnn1d" / "model.json").read_text())
     assert (nominal["seed"], member["seed"]) == (1234, 1235)
-    assert member["split"] == nominal["split"]  # same split, other seed
+    # another seed, and the training split varies too: the same split with a salt
+    assert member["split"] == {**nominal["split"], "salt": 1235}
     a = torch.load(tmp_path / "models" / "cnn1d" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "models" / "cnn1d_member1" / "model.pt", weights_only=True)
     assert any(not torch.equal(a[k], b[k]) for k in a)
@@ -294,7 +295,12 @@ def test_fatjets_scores_every_fatjet_with_constituents(trained: Path, tmp_path: 
             assert np.isfinite(cols[f"score_{tagger}"][has]).all()
             assert np.isnan(cols[f"score_{tagger}"][~has]).all()
             scored = hists[f"fatjet_score_{tagger}"][{"dataset": dataset}].sum(flow=True).value
-            assert scored == has.sum()  # genWeight > 0 in these files
+            # simulation is weighted by genWeight: the scored jets' event weights, from uproot
+            with uproot.open(REPO / "samples" / "nanoaod" / fname) as f:
+                ev = f["Events"].arrays(["event", "genWeight"], library="np")
+            weight_of = dict(zip(ev["event"].tolist(), ev["genWeight"].tolist(), strict=True))
+            expected = sum(weight_of[e] for e in cols["event"][has].tolist())
+            assert scored == pytest.approx(expected, rel=1e-6)
         # independent count with uproot: FatJets >= 170 GeV with at least one link
         with uproot.open(REPO / "samples" / "nanoaod" / fname) as f:
             t = f["Events"]
