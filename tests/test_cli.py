@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hist
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
