@@ -244,11 +244,14 @@ def readme_blocks(text: str) -> dict[str, str]:
 
 def render(out: Path) -> dict[str, str]:
     """Every block whose output folders exist under ``out``."""
-    return {
-        name: make(out)
-        for name, make in BLOCKS.items()
-        if all((out / f / "metrics.json").exists() for f in NEEDS[name])
-    }
+    rendered = {}
+    for name, make in BLOCKS.items():
+        if all((out / f / "metrics.json").exists() for f in NEEDS[name]):
+            try:
+                rendered[name] = make(out)
+            except FileNotFoundError:
+                continue  # a run without the file this block reads (e.g. no ranking)
+    return rendered
 
 
 def differences(out: Path, readme: Path = README) -> list[str]:

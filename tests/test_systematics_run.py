@@ -279,7 +279,7 @@ def test_run_writes_templates_and_the_variations_table(tmp_path: Path) -> None:
         "networks.dnn.params.hidden=[16, 16]", "networks.dnn.training.epochs=1",
         "executor.block_size=2000", "executor.chunksize=2000",
         "uncertainty.mc_dropout.samples=3", "uncertainty.ensemble=null", "taylor=null",
-        "outputs.plot_formats=[png]",
+        "outputs.plot_formats=[png]", "systematics={}",  # the shipped ones replaced by:
         "systematics.tes.feature=PRI_tau_pt", "systematics.tes.up=1.03", "systematics.tes.down=0.97",
         "systematics.met.feature=PRI_met", "systematics.met.kind=shift",
         "systematics.met.up=2.0", "systematics.met.down=-2.0",
