@@ -108,7 +108,10 @@ def test_existing_scheduler(tmp_path: Path, cluster: Any, reference: bytes) -> N
 
 def test_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:
     import dask
+    import distributed  # noqa: F401  # its config defaults first: set() restores what it saw
 
+    # (set() on a key whose parent is absent deletes the parent on exit: without the import
+    # above, the whole "distributed" section, defaults included, would vanish for later tests)
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         res = hepnn_run(
             write_config(tmp_path), tmp_path / "out", "--scheduler", "tcp://127.0.0.1:9"
