@@ -37,8 +37,9 @@ import hist
 import numpy as np
 
 from hepnn.columns import Columns
+from hepnn.fill import CategoryGroups
 from hepnn.io.higgs_layout import FEATURES, MISSING_VALUE
-from hepnn.io.missing import with_missing
+from hepnn.io.missing import present_values, with_missing
 from hepnn.schemas import BaseSchema
 from hepnn.systematics import (
     NOMINAL,
@@ -141,9 +142,12 @@ class Higgs(Workflow):
         njet = ak.to_numpy(events.PRI_jet_num)
         jet_bin = np.array(JET_BINS, dtype=object)[np.clip(njet, 0, 2)].astype(str)
 
+        # every histogram is filled per (process, jet bin) with scalar categories: same bits
+        # as one fill with the string arrays, ~5x faster (hepnn.fill)
+        groups = CategoryGroups(process=process, njet=jet_bin)
         out: dict[str, hist.Hist] = {}
         yields = hist.Hist(*self._axes(), storage=hist.storage.Weight(), label="event yields")
-        yields.fill(dataset=dataset, process=process, njet=jet_bin, weight=weight)
+        groups.fill(yields, dataset=dataset, weight=weight)
         out["yields"] = yields
 
         syst_axes = self._syst_axes()
@@ -156,25 +160,16 @@ class Higgs(Workflow):
                 storage=hist.storage.Weight(),
                 label=var,
             )
-            values = ev[var]
-            present = ~ak.to_numpy(ak.is_none(values))
-            x = ak.to_numpy(values[present]).astype(np.float64)
-            h.fill(
-                dataset=dataset,
-                process=process[present],
-                njet=jet_bin[present],
-                x=x,
-                weight=weight[present],
-                **({"syst": NOMINAL} if syst_axes else {}),
-            )
+            present, x = present_values(ev[var])
+            groups.fill(h, where=present, dataset=dataset, x=x, weight=weight,
+                        **({"syst": NOMINAL} if syst_axes else {}))  # fmt: skip
             for syst, changed in varied.items():
                 pres, xv = _varied_values(changed, var, present, x)
-                h.fill(dataset=dataset, process=process[pres], njet=jet_bin[pres], x=xv,
-                       weight=weight[pres], syst=syst)  # fmt: skip
+                groups.fill(h, where=pres, dataset=dataset, x=xv, weight=weight, syst=syst)
             out[var] = h
 
-        mmc, mvis = ev.DER_mass_MMC, ev.DER_mass_vis
-        both = ~ak.to_numpy(ak.is_none(mmc) | ak.is_none(mvis))
+        has_mmc, mmc = present_values(ev.DER_mass_MMC)
+        has_mvis, mvis = present_values(ev.DER_mass_vis)
         h2 = hist.Hist(
             hist.axis.StrCategory(list(self.context.datasets), name="dataset"),
             hist.axis.StrCategory(PROCESSES, name="process"),
@@ -183,12 +178,8 @@ class Higgs(Workflow):
             storage=hist.storage.Weight(),
             label="visible vs MMC mass",
         )
-        h2.fill(
-            dataset=dataset,
-            process=process[both],
-            mvis=ak.to_numpy(mvis[both]).astype(np.float64),
-            mmc=ak.to_numpy(mmc[both]).astype(np.float64),
-            weight=weight[both],
+        CategoryGroups(process=process).fill(
+            h2, where=has_mmc & has_mvis, dataset=dataset, mvis=mvis, mmc=mmc, weight=weight
         )
         out["mvis_vs_mmc"] = h2
 
@@ -206,9 +197,7 @@ class Higgs(Workflow):
             systs = self._varied_scores(net, path, score, raw, varied, process, weight, out)
             for syst, (s_var, _) in systs.items():
                 columns[f"score_{net}_{syst}"] = s_var
-            out.update(
-                self._network_hists(net, score, ev, dataset, process, jet_bin, weight, systs)
-            )
+            out.update(self._network_hists(net, score, ev, dataset, process, groups, weight, systs))
             replicas = band_replicas(
                 path, events, score, mc_dropout=self.context.mc_dropout,
                 members=self.context.ensembles.get(net),
@@ -272,7 +261,7 @@ class Higgs(Workflow):
         ev: Any,
         dataset: str,
         process: np.ndarray,
-        jet_bin: np.ndarray,
+        groups: CategoryGroups,
         weight: np.ndarray,
         systs: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] | None = None,
     ) -> dict[str, hist.Hist]:
@@ -288,11 +277,9 @@ class Higgs(Workflow):
             storage=hist.storage.Weight(),
             label=f"{net} score",
         )
-        h.fill(dataset=dataset, process=process, njet=jet_bin, score=s, weight=weight, **nominal)
+        groups.fill(h, dataset=dataset, score=s, weight=weight, **nominal)
         for syst, sv in varied_s.items():
-            h.fill(
-                dataset=dataset, process=process, njet=jet_bin, score=sv, weight=weight, syst=syst
-            )
+            groups.fill(h, dataset=dataset, score=sv, weight=weight, syst=syst)
         out[f"score_{net}"] = h
         fine = hist.Hist(
             hist.axis.StrCategory(PROCESSES, name="process"),
@@ -301,7 +288,8 @@ class Higgs(Workflow):
             label=f"{net} score (fine binning for ROC/AMS)",
             metadata={"plot": False},
         )
-        fine.fill(process=process, score=s, weight=weight)
+        by_process = CategoryGroups(process=process)
+        by_process.fill(fine, score=s, weight=weight)
         out[f"score_fine_{net}"] = fine
         if syst_axes:
             fine_syst = hist.Hist(
@@ -312,19 +300,18 @@ class Higgs(Workflow):
                 label=f"{net} score per input variation (fine binning)",
                 metadata={"plot": False},
             )
-            fine_syst.fill(process=process, score=s, weight=weight, syst=NOMINAL)
+            by_process.fill(fine_syst, score=s, weight=weight, syst=NOMINAL)
             for syst, sv in varied_s.items():
-                fine_syst.fill(process=process, score=sv, weight=weight, syst=syst)
+                by_process.fill(fine_syst, score=sv, weight=weight, syst=syst)
             out[f"score_fine_syst_{net}"] = fine_syst
 
         score_bin = np.array(SCORE_BINS)[np.clip((s * 4).astype(int), 0, 3)]
         cut = float(self.options.get("score_cut", 0.5))
         passed = s > cut
+        by_score = CategoryGroups(process=process, score_bin=score_bin)
         for var in KEY_VARIABLES:
             bins, lo, hi, label = VARIABLES[var]
-            values = ev[var]
-            present = ~ak.to_numpy(ak.is_none(values))
-            x = ak.to_numpy(values[present]).astype(np.float64)
+            present, x = present_values(ev[var])
             by = hist.Hist(
                 hist.axis.StrCategory(PROCESSES, name="process"),
                 hist.axis.StrCategory(SCORE_BINS, name="score_bin", label=f"{net} score"),
@@ -333,11 +320,8 @@ class Higgs(Workflow):
                 label=f"{var} in bins of the {net} score",
                 metadata={"overlay": "score_bin"},
             )
-            by.fill(
-                process=process[present], score_bin=score_bin[present], x=x, weight=weight[present]
-            )
+            by_score.fill(by, where=present, x=x, weight=weight)
             out[f"{var}_by_score_{net}"] = by
-            sel = passed[present]
             after = hist.Hist(
                 *self._axes(),
                 *syst_axes,
@@ -345,19 +329,12 @@ class Higgs(Workflow):
                 storage=hist.storage.Weight(),
                 label=f"{var}, {net} score > {cut:g}",
             )
-            after.fill(
-                dataset=dataset,
-                process=process[present][sel],
-                njet=jet_bin[present][sel],
-                x=x[sel],
-                weight=weight[present][sel],
-                **nominal,
-            )
+            groups.fill(after, where=present & passed, dataset=dataset, x=x, weight=weight,
+                        **nominal)  # fmt: skip
             for syst, (_, changed) in (systs or {}).items():
                 pres, xv = _varied_values(changed, var, present, x)
-                keep = varied_s[syst][pres] > cut
-                after.fill(dataset=dataset, process=process[pres][keep], njet=jet_bin[pres][keep],
-                           x=xv[keep], weight=weight[pres][keep], syst=syst)  # fmt: skip
+                groups.fill(after, where=pres & (varied_s[syst] > cut), dataset=dataset, x=xv,
+                            weight=weight, syst=syst)  # fmt: skip
             out[f"{var}_cut_{net}"] = after
         return out
 
@@ -365,9 +342,11 @@ class Higgs(Workflow):
 def _varied_values(
     changed: dict[str, np.ndarray], var: str, present: np.ndarray, x: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Events where ``var`` is defined and its values, after a variation (nominal if unchanged)."""
+    """Where ``var`` is defined and its values (every event), after a variation.
+
+    Nominal (``present``, ``x``) if the variation does not change ``var``.
+    """
     if var not in changed:
         return present, x
     values = changed[var]
-    pres = values != MISSING_VALUE
-    return pres, values[pres]
+    return values != MISSING_VALUE, values

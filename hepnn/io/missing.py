@@ -21,7 +21,7 @@ import numpy as np
 from hepnn.errors import InputError
 from hepnn.io.higgs_layout import FEATURES, MISSING_VALUE
 
-__all__ = ["MissingView", "mask_missing", "with_missing"]
+__all__ = ["MissingView", "mask_missing", "present_values", "with_missing"]
 
 
 def mask_missing(array: Any) -> ak.Array:
@@ -52,6 +52,39 @@ def mask_missing(array: Any) -> ak.Array:
         )
         return ak.Array(masked, behavior=arr.behavior, attrs=arr.attrs)
     return ak.mask(arr, arr != MISSING_VALUE)
+
+
+def present_values(array: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Split a flat option-type column into numpy ``(present, values)``.
+
+    Parameters
+    ----------
+    array
+        A flat awkward array, e.g. a field of :func:`with_missing` (``None`` = missing).
+
+    Returns
+    -------
+    present : numpy.ndarray of bool
+        True where the value exists.
+    values : numpy.ndarray of float64
+        Every event's value; at missing positions it is unspecified (never use it there).
+    """
+    arr = array if isinstance(array, ak.Array) else ak.Array(np.asarray(array))
+    layout = arr.layout
+    if (
+        isinstance(layout, ak.contents.ByteMaskedArray)
+        and isinstance(layout.content, ak.contents.NumpyArray)
+        and layout.content.data.ndim == 1
+    ):
+        # The layout mask_missing builds: read its buffers directly (awkward's is_none,
+        # boolean indexing and to_numpy cost ~1 ms per column of 10k events).
+        mask = np.asarray(layout.mask.data) != 0
+        present = mask if layout.valid_when else ~mask
+        return present, np.asarray(layout.content.data, dtype=np.float64)
+    present = ~ak.to_numpy(ak.is_none(arr, axis=0))
+    if present.all():
+        return present, ak.to_numpy(arr).astype(np.float64)
+    return present, ak.to_numpy(ak.fill_none(arr, np.nan)).astype(np.float64)
 
 
 class MissingView:
