@@ -243,7 +243,9 @@ def heldout(args: argparse.Namespace, console: Console) -> None:
     table = Table(title=f"held-out events ({out['rows']}), {spec.split.method} split")
     for col in ("classifier", "AUC", "AUC weighted", "best AMS (challenge totals)"):
         table.add_column(col, justify="right" if col != "classifier" else "left")
-    for name in ("network", "boosted_trees"):
+    for name in ("network", "boosted_trees", "boosted_trees_same_inputs"):
+        if name not in out:
+            continue
         e = out[name]
         table.add_row(name, f"{e['auc']:.4f}", f"{e['auc_weighted']:.4f}", f"{e['ams_best']:.3f}")
     console.print(table)
@@ -253,6 +255,12 @@ def heldout(args: argparse.Namespace, console: Console) -> None:
         f"(paired bootstrap, {d['resamples']} resamples); mean validation AUC "
         f"{np.mean(out['val_auc']):.4f}; {out['seconds']:.0f} s"
     )
+    if "auc_difference_same_inputs" in out:
+        d = out["auc_difference_same_inputs"]
+        console.print(
+            f"AUC(DNN) - AUC(GBT on the DNN's own inputs) = {d['difference']:+.4f} "
+            f"+- {d['standard_error']:.4f}"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=1))
 

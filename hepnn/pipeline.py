@@ -7,6 +7,7 @@ data that flows between them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -468,11 +469,14 @@ def run_config(
     from hepnn.plotstyle import plot_style
 
     # one run per folder, every write inside it or the conversion cache (hepnn.lock,
-    # hepnn.paths); one matplotlib style for every plot of the run (hepnn.plotstyle)
+    # hepnn.paths); one matplotlib style for every plot of the run (hepnn.plotstyle). A
+    # run that draws nothing (no plots, no networks, no review) skips the style: importing
+    # mplhep and matplotlib takes 1.5-2 s.
+    draws = cfg.outputs.plots or bool(cfg.networks) or cfg.review is not None
     with (
         OutputLock(run.outdir) as lock,
         write_fence(run.outdir, cache_dir()),
-        plot_style(cfg.plots.experiment),
+        plot_style(cfg.plots.experiment) if draws else contextlib.nullcontext(),
     ):
         run.lock_found = lock.found
         for stage in STAGES:

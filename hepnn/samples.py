@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from hepnn.config import format_validation_error, read_yaml
 from hepnn.errors import ConfigError, InputError
 from hepnn.io.remote import check_scheme, file_url_path, is_url
-from hepnn.io.rootfiles import open_root
+from hepnn.io.rootfiles import count_entries, open_root
 from hepnn.paths import check_name
 
 Format = Literal["root", "higgs-csv", "part-npy", "toy-gauss"]
@@ -216,11 +216,14 @@ def _count_root(path: Path | str, treename: str, source: Path | str) -> int:
 
         remote_info(str(path))  # one line naming the URL when it cannot be opened
     try:
-        f = open_root(path)  # kept open: the chunks of an in-process run reuse the parsed tree
+        f = open_root(path)  # kept open: the chunks of an in-process run reuse the file
         try:
-            if treename not in f:
+            if treename not in f:  # reads keys only, parses nothing
                 msg = f"{source}: no tree {treename!r} (found: {', '.join(sorted({k.split(';')[0] for k in f.keys(recursive=False)})) or 'nothing'})"
                 raise InputError(msg)
+            quick = count_entries(f, treename)  # the header only: no parse of every branch
+            if quick is not None:
+                return quick
             tree = f[treename]
             if not hasattr(tree, "num_entries"):
                 msg = f"{source}: {treename!r} is a {type(tree).__name__}, not a TTree"

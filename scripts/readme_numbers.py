@@ -195,6 +195,15 @@ def block_higgs(out: Path) -> str:
             f"{vs['boosted_trees']['auc_weighted']:.4f}; best AMS {vs['network']['ams_best']:.2f} vs "
             f"{vs['boosted_trees']['ams_best']:.2f}.\n"
         )
+    same = vs.get("boosted_trees_same_inputs") if vs else None
+    if same:
+        diff = vs["auc_difference_same_inputs"]
+        text += (
+            f"A second tree on the DNN's own inputs (the symmetric angles): AUC "
+            f"{same['auc']:.4f}, difference {diff['difference']:+.4f} ± "
+            f"{diff['standard_error']:.4f}; weighted AUC {same['auc_weighted']:.4f}; best AMS "
+            f"{same['ams_best']:.2f}.\n"
+        )
     return text
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import uproot
+import yaml
 from click.testing import CliRunner
 
 from hepnn.cli import main
@@ -41,18 +42,31 @@ def _data(n: int = 4) -> TrainingData:
     )
 
 
-@pytest.fixture(scope="module")
-def higgs_kfold(tmp_path_factory, higgs, features) -> Path:
-    """A 3-fold flat network on the 30 Higgs features (seeded weights: bits matter, not physics)."""
+#: The shipped DNN's input symmetry (φ differences to the tau, signed η).
+SYMMETRY = yaml.safe_load((REPO / "configs" / "higgs.yaml").read_text())["networks"]["dnn"][
+    "inputs"
+]["symmetry"]
+
+
+@pytest.fixture(scope="module", params=["plain", "symmetry"])
+def higgs_kfold(request, tmp_path_factory, higgs, features) -> Path:
+    """A 3-fold flat network on the 30 Higgs features (seeded weights: bits matter, not physics).
+
+    ``symmetry``: with the shipped config's ``inputs.symmetry`` (the graph reads the φ
+    reference and drops it).
+    """
     ids = higgs["EventId"]
+    inputs = FlatInputs(
+        features=features, symmetry=SYMMETRY if request.param == "symmetry" else None
+    )
     spec = NetworkSpec(
-        inputs=FlatInputs(features=features),
+        inputs=inputs,
         params={"hidden": [32, 32], "activation": "tanh", "dropout": 0.1},
         split=SplitSpec(method="kfold", folds=3, id_column="EventId"),
     )
     fitted = []
     for i in range(3):
-        b = FlatBuilder(FlatInputs(features=features))
+        b = FlatBuilder(inputs)
         train = (ids % 3 != i) & (ids % 3 != (i + 1) % 3)
         b = b.fit(b.raw({f: higgs[f][train] for f in features}))
         torch.manual_seed(20 + i)
@@ -108,6 +122,39 @@ def test_flat_export_per_fold_bitwise_and_onnx(
     # the wrong fold's file gives other scores: the routing matters
     other = _scripted(exported / "fold0.pt", raw[which == 1], doc["micro_batch"])
     assert not np.array_equal(other, expected[which == 1])
+
+
+def test_log1p_transform_is_in_the_graph(higgs, features, tmp_path: Path) -> None:
+    """``inputs.transform: log1p`` is exported (torch's log1p: float32 scores within 1 ulp-ish)."""
+    logged = ["DER_mass_MMC", "DER_pt_h", "PRI_met"]
+    inputs = FlatInputs(features=features, transform=dict.fromkeys(logged, "log1p"))
+    spec = NetworkSpec(inputs=inputs, params={"hidden": [16], "activation": "tanh", "dropout": 0.0},
+                       split=SplitSpec(method="parity", id_column="EventId"))  # fmt: skip
+    b = FlatBuilder(inputs)
+    b = b.fit(b.raw({f: higgs[f] for f in features}))
+    torch.manual_seed(3)
+    net = build("mlp", n_inputs=len(b.input_names), **spec.params).eval()
+    path = save_network(
+        tmp_path / "dnn", "dnn", TrainResult(spec, [FittedModel(net, b, [], 1, {})], {}), _data()
+    )
+    result = CliRunner().invoke(
+        main, ["export", str(path), "-o", str(tmp_path / "out"), "--no-onnx"]
+    )
+    assert result.exit_code == 0, result.output
+    cols = {f: higgs[f][:4096] for f in [*features, "EventId"]}
+    expected = network_score(path, cols)
+    raw = np.stack([cols[f].astype(np.float64) for f in features], axis=1)
+    got = _scripted(tmp_path / "out" / "dnn" / "fold0.pt", raw, 1024)
+    assert np.max(np.abs(got - expected)) < 1e-6
+    # without the transform in the graph the scores would be far off
+    plain = FlatBuilder(FlatInputs(features=features))
+    plain = plain.fit(plain.raw({f: higgs[f] for f in features}))
+    assert np.max(np.abs(got - net_scores(net, plain.transform(plain.raw(cols))))) > 1e-3
+
+
+def net_scores(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(net(torch.from_numpy(x))).reshape(-1).numpy()
 
 
 def test_nan_and_sentinel_are_the_same_missing_value(exported: Path, higgs, features) -> None:

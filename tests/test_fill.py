@@ -72,6 +72,8 @@ def test_grouped_fill_rejects_wrong_length(cats: dict[str, np.ndarray]) -> None:
     h = hist.Hist(_axes()[1], hist.axis.Regular(4, 0, 1, name="x"))
     with pytest.raises(ValueError, match="fill value 'x' has 3 entries"):
         groups.fill(h, x=np.zeros(3))
+    with pytest.raises(ValueError, match=r"unknown \['y'\], missing \['x'\]"):
+        groups.fill(h, y=np.zeros(len(cats["process"])))
     with pytest.raises(ValueError, match="differ in length"):
         CategoryGroups(process=cats["process"], njet=cats["njet"][:10])
 

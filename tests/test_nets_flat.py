@@ -189,3 +189,97 @@ def test_constant_and_never_observed_features():
         prep.raw({"c": np.zeros(5), "m": np.zeros(4)})
     with pytest.raises(InputError, match="flat"):
         prep.raw({"c": np.zeros((5, 2)), "m": np.zeros(5)})
+
+
+# ----------------------------------------------------------------- symmetry
+PHIS = ["PRI_lep_phi", "PRI_met_phi", "PRI_jet_leading_phi", "PRI_jet_subleading_phi"]
+ETAS = ["PRI_tau_eta", "PRI_lep_eta", "PRI_jet_leading_eta", "PRI_jet_subleading_eta"]
+SYM = {"phi_reference": "PRI_tau_phi", "phis": PHIS, "phi_reflect": "PRI_lep_phi",
+       "eta_reference": "PRI_tau_eta", "etas": ETAS}  # fmt: skip
+
+
+def _moved(higgs, *, rotate: float = 0.0, mirror_phi: bool = False, mirror_eta: bool = False):
+    """The events rotated in φ by ``rotate`` and optionally mirrored (missing stays missing)."""
+    out = dict(higgs)
+    for name in ["PRI_tau_phi", *PHIS]:
+        v = higgs[name].astype(np.float64)
+        ok = v != MISSING_VALUE
+        new = (-v if mirror_phi else v) + rotate
+        out[name] = np.where(ok, (new + np.pi) % (2 * np.pi) - np.pi, v)
+    if mirror_eta:
+        for name in ETAS:
+            v = higgs[name]
+            out[name] = np.where(v != MISSING_VALUE, -v, v)
+    return out
+
+
+def test_symmetry_inputs_are_invariant(higgs, features):
+    """A common φ rotation, φ → −φ and η → −η of every event leave the network inputs alone."""
+    b = FlatBuilder(FlatInputs(features=features, symmetry=SYM))
+    fit = b.fit(b.raw(higgs))
+    assert "PRI_tau_phi" not in fit.input_names  # the reference is always 0: not an input
+    assert len(fit.input_names) == len(features) - 1 + len(fit.flags)
+    x = fit.transform(fit.raw(higgs))
+    # events with the lepton exactly back-to-back with (or on) the tau in φ sit on the edge
+    # of the reflection, where rounding of the rotated angles decides the sign: left out
+    dphi = np.abs(fit.symmetric(fit.raw(higgs))[:, features.index("PRI_lep_phi")])
+    edge = (dphi < 1e-9) | (dphi > np.pi - 1e-9)
+    assert edge.sum() < 5
+    for moved in (
+        _moved(higgs, rotate=1.234),
+        _moved(higgs, mirror_phi=True),
+        _moved(higgs, mirror_eta=True),
+        _moved(higgs, rotate=-2.5, mirror_phi=True, mirror_eta=True),
+    ):
+        y = fit.transform(fit.raw(moved))
+        np.testing.assert_allclose(y[~edge], x[~edge], atol=1e-5)  # float rounding of the rotated angles
+    # without the symmetry the raw angles change: the inputs are not invariant
+    plain = builder(features)
+    plain = plain.fit(plain.raw(higgs))
+    moved = _moved(higgs, rotate=1.234)
+    assert np.abs(plain.transform(plain.raw(moved)) - plain.transform(plain.raw(higgs))).max() > 1
+
+
+def test_symmetry_values(higgs, features):
+    """Δφ in [−π, π) (the reflected one in [0, π)), η signed by the tau's; missing stays missing."""
+    b = FlatBuilder(FlatInputs(features=features, symmetry=SYM))
+    raw = b.raw(higgs)
+    s = b.symmetric(raw)
+    col = {f: j for j, f in enumerate(features)}
+    lep = s[:, col["PRI_lep_phi"]]
+    assert lep.min() >= 0.0
+    assert lep.max() < np.pi
+    d = raw[:, col["PRI_met_phi"]] - raw[:, col["PRI_tau_phi"]]
+    expect = np.abs((d + np.pi) % (2 * np.pi) - np.pi)
+    np.testing.assert_allclose(np.abs(s[:, col["PRI_met_phi"]]), expect, atol=1e-12)
+    assert (s[:, col["PRI_tau_eta"]] >= 0).all()
+    jet = col["PRI_jet_subleading_phi"]
+    assert np.array_equal(np.isnan(s[:, jet]), np.isnan(raw[:, jet]))
+    assert np.isnan(s[:, jet]).any()
+    defined = b.fit(raw).defined(raw)
+    assert defined is not None
+    assert defined.mean(axis=0).min() == pytest.approx(np.mean(~np.isnan(raw[:, jet])))
+
+
+def test_symmetry_validation(features):
+    with pytest.raises(pydantic.ValidationError, match="not among the features: nope"):
+        FlatInputs(features=features, symmetry={**SYM, "phis": ["nope"], "phi_reflect": None})
+    with pytest.raises(pydantic.ValidationError, match="phi_reflect 'PRI_met' must be one of phis"):
+        FlatInputs(features=features, symmetry={**SYM, "phi_reflect": "PRI_met"})
+    with pytest.raises(pydantic.ValidationError, match="cannot also be in phis"):
+        FlatInputs(
+            features=features, symmetry={**SYM, "phis": ["PRI_tau_phi"], "phi_reflect": None}
+        )
+    with pytest.raises(pydantic.ValidationError, match="both transformed and in symmetry"):
+        FlatInputs(features=features, symmetry=SYM, transform={"PRI_lep_eta": "log1p"})
+
+
+def test_symmetry_state_round_trip_and_mismatch(higgs, features):
+    inputs = FlatInputs(features=features, symmetry=SYM)
+    b = FlatBuilder(inputs)
+    fit = b.fit(b.raw(higgs))
+    state = json.loads(json.dumps(fit.state()))
+    assert state["symmetry"]["phi_reference"] == "PRI_tau_phi"
+    assert FlatBuilder.from_state(inputs, state) == fit
+    with pytest.raises(ModelError, match="input_names do not match|symmetry does not match"):
+        FlatBuilder.from_state(FlatInputs(features=features), state)

@@ -307,3 +307,47 @@ def test_is_data_datasets_get_no_network_metrics(trained, higgs_reader) -> None:
     metrics, _ = network_report({"dnn": out / "models" / "dnn"}, {}, {"higgs_challenge": cols},
                                 {"higgs_challenge": as_data}, out / "p", formats=())  # fmt: skip
     assert metrics == {}
+
+
+SYMMETRIC = """
+name: tinysym
+workflow: higgs
+samples: {samples}
+seed: 11
+outputs: {{plots: false, hists_root: false}}
+networks:
+  dnn:
+    inputs:
+      kind: flat
+      features: [PRI_lep_phi, PRI_met_phi, PRI_tau_phi, PRI_tau_eta, PRI_lep_eta, PRI_tau_pt,
+                 DER_mass_MMC, DER_mass_vis]
+      symmetry: {{phi_reference: PRI_tau_phi, phis: [PRI_lep_phi, PRI_met_phi],
+                  phi_reflect: PRI_lep_phi, eta_reference: PRI_tau_eta,
+                  etas: [PRI_tau_eta, PRI_lep_eta]}}
+    params: {{hidden: [8], activation: tanh, dropout: 0.0}}
+    training: {{epochs: 1, seed: 5}}
+    split: {{method: kfold, folds: 4, id_column: EventId}}
+review:
+  top: 20
+  pseudo_data: {{fraction: 0.5, seed: 3, mismodel: {{feature: PRI_tau_phi, shift: 1.0}}}}
+"""
+
+
+def test_review_compares_what_a_symmetric_network_sees(tmp_path: Path) -> None:
+    """With inputs.symmetry the review compares Δφ, not the absolute angles.
+
+    The pseudo-data's tau φ is shifted by 1 rad: no absolute angle that is an input changes,
+    but every Δφ to the tau does, and only those terms are flagged; the tau φ itself (the
+    reference, always 0) is not an input and not compared.
+    """
+    cfg = tmp_path / "tinysym.yaml"
+    cfg.write_text(SYMMETRIC.format(samples=REPO / "samples" / "higgs.yaml"), encoding="utf-8")
+    res = CliRunner().invoke(main, ["run", str(cfg), "-o", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    with (tmp_path / "out" / "review" / "gof.csv").open(newline="", encoding="utf-8") as fh:
+        rows = {r["term"]: r for r in csv.DictReader(fh)}
+    assert "PRI_tau_phi" not in rows
+    assert set(rows) == {"PRI_lep_phi", "PRI_met_phi", "PRI_tau_eta", "PRI_lep_eta", "PRI_tau_pt",
+                         "DER_mass_MMC", "DER_mass_vis"}  # fmt: skip
+    flagged = {t for t, r in rows.items() if r["flagged"] == "True"}
+    assert flagged == {"PRI_lep_phi", "PRI_met_phi"}

@@ -15,6 +15,7 @@ closes and forgets its file (:func:`forget`), so a retry opens it again.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -24,10 +25,15 @@ import uproot
 
 from hepnn.io.remote import is_url
 
-__all__ = ["MAX_OPEN", "forget", "open_root"]
+__all__ = ["MAX_OPEN", "count_entries", "forget", "open_root"]
 
-#: Files kept open per thread.
-MAX_OPEN = 16
+#: Files kept open per thread (a parsed NanoAOD tree holds ~30 MB: the chunks of one file
+#: follow each other, so a few suffice; counting does not parse, see count_entries).
+MAX_OPEN = 4
+#: TTree class versions whose streamed header is TNamed, TAttLine, TAttFill, TAttMarker,
+#: then fEntries (ROOT 5.26 to 6.x; uproot's Model_TTree_v16 ... v20).
+_HEADER_VERSIONS = range(16, 21)
+_INT64 = struct.Struct(">q")
 
 _LOCAL = threading.local()
 
@@ -67,3 +73,40 @@ def forget(path: str | Path) -> None:
     files = _cache()
     for key in [k for k in files if k[0] == str(path)]:
         files.pop(key).close()
+
+
+def count_entries(f: Any, treename: str) -> int | None:
+    """The entries of ``f[treename]`` read from the tree's header only, or None.
+
+    uproot gives ``num_entries`` only after parsing the whole TTree with every branch
+    (1.6 s for the shipped 2,656-branch NanoAOD file); the entry count is the first member
+    after the tree's four base classes. This decompresses the tree's record and reads
+    those bases with uproot's own models, then ``fEntries`` (2 ms). None when the key is
+    not a plain ``TTree`` of a known version, or anything is unexpected: the caller then
+    parses the tree (the same number, slowly). Tested against ``num_entries`` on every
+    shipped ROOT file.
+    """
+    from uproot.deserialization import numbytes_version
+
+    try:
+        key = f.key(treename)
+        if key.fClassName != "TTree":
+            return None
+        chunk, cursor = key.get_uncompressed_chunk_cursor()
+        context: dict[str, Any] = {"breadcrumbs": (), "TKey": key}
+        _, version, memberwise = numbytes_version(chunk, cursor, context)
+        if memberwise or version not in _HEADER_VERSIONS:
+            return None
+        for base, base_version in (
+            ("TNamed", 1),
+            ("TAttLine", 2),
+            ("TAttFill", 2),
+            ("TAttMarker", 2),
+        ):
+            f.file.class_named(base, base_version).read(
+                chunk, cursor, context, f.file, f.file.detached, None
+            )
+        entries = int(cursor.field(chunk, _INT64, context))
+    except Exception:  # any surprise: fall back to uproot's full parse
+        return None
+    return entries if entries >= 0 else None

@@ -16,7 +16,8 @@ fold of a k-fold network), :func:`export_network` writes
 The graph (:class:`FlatGraph`, :class:`ImageGraph`, :class:`SequenceGraph`) takes *raw*
 inputs and applies exactly what :meth:`~hepnn.nets.inputs.InputBuilder.transform` does:
 
-* flat: float64 features in ``input_names`` order; NaN or ``-999.0`` is missing: the
+* flat: float64 features in ``features`` order (``export.json`` → ``columns``); NaN or
+  ``-999.0`` is missing; ``inputs.symmetry`` and ``inputs.transform`` are applied, the
   value is standardised in float64 with the training mean and std, rounded once to
   float32, a missing value set to 0 (the training mean), then the 0/1 missing flags
   appended; then the network;
@@ -39,6 +40,7 @@ so other batch sizes agree to float32 rounding only); ONNX Runtime uses its own 
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -50,7 +52,7 @@ from torch import nn
 
 from hepnn.errors import ConfigError, ModelError
 from hepnn.files import atomic_bytes, sha256_bytes, write_json
-from hepnn.nets.flat import MISSING_VALUE, FlatBuilder
+from hepnn.nets.flat import MISSING_VALUE, TWO_PI, FlatBuilder
 from hepnn.nets.inputs import ImageBuilder, InputBuilder, SequenceBuilder
 from hepnn.nets.store import MODEL_JSON, LoadedNetwork, load_network
 
@@ -76,7 +78,13 @@ class _Head(nn.Module):
 
 
 class FlatGraph(_Head):
-    """Raw float64 features → imputation, standardisation, missing flags → network → score."""
+    """Raw float64 features → symmetry, transforms, imputation, standardisation, flags → score.
+
+    The columns are :attr:`FlatBuilder.features` in order (a φ reference of
+    ``inputs.symmetry`` included: it is read, then dropped). The symmetry is computed with
+    the same comparisons and ±2π as :func:`hepnn.nets.flat.wrap_angle` (same bits);
+    ``log1p`` uses torch's, which may differ from numpy's in the last bit of float64.
+    """
 
     def __init__(self, model: nn.Module, builder: FlatBuilder, output: Output = "sigmoid") -> None:
         super().__init__(model, output)
@@ -87,12 +95,48 @@ class FlatGraph(_Head):
         self.register_buffer("std", torch.tensor(builder.std, dtype=torch.float64))
         index = [builder.features.index(f) for _, f in builder.flags]
         self.register_buffer("flag_index", torch.tensor(index, dtype=torch.int64))
+        self.register_buffer("kept", torch.tensor(builder.kept, dtype=torch.int64))
         self.has_flags = bool(index)
+        col = {f: j for j, f in enumerate(builder.features)}
+        self.n_features = len(builder.features)
+        self.log1p = [col[f] for f, kind in builder.settings.transform.items() if kind == "log1p"]
+        sym = builder.settings.symmetry
+        self.phi_ref = col[sym.phi_reference] if sym and sym.phi_reference else -1
+        self.phis = [col[f] for f in sym.phis] if sym else []
+        self.phi_reflect = col[sym.phi_reflect] if sym and sym.phi_reflect else -1
+        self.eta_ref = col[sym.eta_reference] if sym and sym.eta_reference else -1
+        self.etas = [col[f] for f in sym.etas] if sym else []
+
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symmetry and transforms on the raw columns: (values, missing), NaN = missing."""
+        missing = torch.isnan(x) | (x == MISSING_VALUE)
+        x = torch.where(missing, torch.full_like(x, float("nan")), x)
+        cols = [x[:, j] for j in range(self.n_features)]
+        if self.phi_ref >= 0:
+            ref = cols[self.phi_ref]
+            for j in self.phis:
+                d = cols[j] - ref
+                cols[j] = torch.where(
+                    d >= math.pi, d - TWO_PI, torch.where(d < -math.pi, d + TWO_PI, d)
+                )
+            cols[self.phi_ref] = torch.zeros_like(ref)
+            if self.phi_reflect >= 0:
+                flip = cols[self.phi_reflect] < 0
+                for j in self.phis:
+                    cols[j] = torch.where(flip, -cols[j], cols[j])
+        if self.eta_ref >= 0:
+            flip = x[:, self.eta_ref] < 0
+            for j in self.etas:
+                cols[j] = torch.where(flip, -cols[j], cols[j])
+        for j in self.log1p:
+            cols[j] = torch.log1p(cols[j])
+        x = torch.stack(cols, dim=1)
+        return x, torch.isnan(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        missing = torch.isnan(x) | (x == MISSING_VALUE)
+        x, missing = self.prepare(x)
         z = ((x - self.mean) / self.std).to(torch.float32)
-        z = torch.where(missing, torch.zeros_like(z), z)
+        z = torch.where(missing, torch.zeros_like(z), z).index_select(1, self.kept)
         if self.has_flags:
             z = torch.cat([z, missing.index_select(1, self.flag_index).to(torch.float32)], dim=1)
         return self.head(z)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hepnn.models.forward import INFERENCE_THREADS, torch_threads
+from hepnn.nets.flat import FlatBuilder
 from hepnn.nets.split import VAL, held_out, route, split_codes
 from hepnn.plotting import save_figure
 from hepnn.taylor import (
@@ -51,7 +52,6 @@ from hepnn.taylor import (
 if TYPE_CHECKING:
     from hepnn.config import TaylorConfig
     from hepnn.nets.data import TrainingData
-    from hepnn.nets.flat import FlatBuilder
     from hepnn.nets.inputs import InputBuilder
     from hepnn.nets.spec import SplitSpec
     from hepnn.nets.store import LoadedNetwork
@@ -119,6 +119,8 @@ def defined_inputs(builder: InputBuilder, raw: np.ndarray) -> np.ndarray | None:
     Flat inputs are the features (the columns of ``raw``, NaN = missing) followed
     by helper inputs, which are always defined. None when every value is defined.
     """
+    if isinstance(builder, FlatBuilder):  # rotated angles: undefined where the reference is
+        return builder.defined(raw)
     ok = ~np.isnan(raw)
     if ok.all():
         return None
@@ -129,7 +131,7 @@ def defined_inputs(builder: InputBuilder, raw: np.ndarray) -> np.ndarray | None:
 
 def input_scale(builder: FlatBuilder) -> np.ndarray:
     """Per-input sigma of the standardisation: the features' training std, 1 for helpers."""
-    std = np.asarray(builder.std, dtype=np.float64)
+    std = np.asarray(builder.std, dtype=np.float64)[builder.kept]
     n_in = len(builder.input_names)
     return np.concatenate([std, np.ones(n_in - std.size)])
 

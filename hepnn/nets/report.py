@@ -52,6 +52,7 @@ from hepnn.metrics import (
     normalised_ams_hist,
 )
 from hepnn.nets.data import source_digest
+from hepnn.nets.flat import FlatBuilder
 from hepnn.nets.split import TEST, TRAIN, held_out, route, split_codes
 from hepnn.nets.store import model_json_path, parse_model_json
 
@@ -92,7 +93,9 @@ def weighted_ams(
 ) -> tuple[float, float]:
     """Best AMS and its threshold; weights renormalised to the challenge totals if ``challenge``."""
     try:
-        h = normalised_ams_hist(score, label, weight, totals=CHALLENGE_TOTALS if challenge else None)
+        h = normalised_ams_hist(
+            score, label, weight, totals=CHALLENGE_TOTALS if challenge else None
+        )
     except ValueError:  # a class without positive weight total: no AMS
         return math.nan, math.nan
     return best_ams(h)
@@ -118,10 +121,18 @@ def heldout_comparison(
 
     spec = result.spec
     features = data.baseline or {f"x{j}": data.raw[:, j] for j in range(data.raw.shape[1])}
+    # With an input symmetry the network sees other features than the raw ones: a second
+    # tree on exactly those (rotated angles, signed etas) tells what the symmetry alone gives.
+    first = result.models[0].builder
+    same: dict[str, np.ndarray] | None = None
+    if isinstance(first, FlatBuilder) and first.settings.symmetry is not None:
+        sym = first.symmetric(data.raw)[:, first.kept]
+        same = {f"x{j}": sym[:, j] for j in range(sym.shape[1])}
     keep = held_out(data.ids, spec.split) & data.usable
     which = route(data.ids, spec.split)
     dnn = np.full(len(data), np.nan)
     gbt = np.full(len(data), np.nan)
+    gbt_same = np.full(len(data), np.nan)
     for m, fitted in enumerate(result.models):
         rows = keep & (which == m)
         if not rows.any():
@@ -131,25 +142,34 @@ def heldout_comparison(
         x = fitted.builder.transform(data.raw[rows])
         dnn[rows] = forward(fitted.model, x, fitted.builder.micro_batch, "logit")
         gbt[rows] = gbt_scores(features, train, rows, data.labels, seed)
+        if same is not None:
+            gbt_same[rows] = gbt_scores(same, train, rows, data.labels, seed)
     y = data.labels[keep]
     a, b = dnn[keep], gbt[keep]
+    scored = {"network": a, "boosted_trees": b}
+    if same is not None:
+        scored["boosted_trees_same_inputs"] = gbt_same[keep]
     out: dict[str, Any] = {
         "rows": int(keep.sum()),
         "evaluated_on": "rows held out by the model that scores them (both classifiers)",
         "baseline": f"HistGradientBoostingClassifier (default settings, random_state = {seed}) "
         "on the raw features, trained per model on the rows that model may use",
-        "network": {"auc": auc(a, y)},
-        "boosted_trees": {"auc": auc(b, y)},
     }
+    out.update({key: {"auc": auc(score, y)} for key, score in scored.items()})
     if data.weights is not None:
         w = data.weights[keep]
         with np.errstate(over="ignore"):
-            sig = 1.0 / (1.0 + np.exp(-a))  # the applied score (sigmoid of the logit)
-        for key, score in (("network", sig), ("boosted_trees", b)):
+            scored["network"] = 1.0 / (1.0 + np.exp(-a))  # the applied score (sigmoid of the logit)
+        for key, score in scored.items():
             out[key]["auc_weighted"] = auc(score, y, w)
             out[key]["ams_best"], out[key]["ams_threshold"] = weighted_ams(score, y, w, challenge)
         out["ams_normalisation"] = ams_normalisation(challenge)
     out["auc_difference"] = paired_bootstrap(a, b, y, resamples, seed)
+    if same is not None:
+        out["boosted_trees_same_inputs"]["inputs"] = (
+            "the network's own inputs (inputs.symmetry applied)"
+        )
+        out["auc_difference_same_inputs"] = paired_bootstrap(a, gbt_same[keep], y, resamples, seed)
     return out
 
 
@@ -178,7 +198,11 @@ def classifier_metrics(
 
 
 def gbt_scores(
-    features: Mapping[str, np.ndarray], train: np.ndarray, apply: np.ndarray, label: np.ndarray, seed: int
+    features: Mapping[str, np.ndarray],
+    train: np.ndarray,
+    apply: np.ndarray,
+    label: np.ndarray,
+    seed: int,
 ) -> np.ndarray:
     """Seeded ``HistGradientBoostingClassifier`` on ``features``, trained on ``train`` rows."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -350,12 +374,16 @@ def network_report(
         if trained_split is not None and all(f in d for f in GBT_FEATURES):
             train = labelled & (split_codes(d[trained_split["id_column"]], trained_split) == TRAIN)
             features = {f: d[f] for f in GBT_FEATURES}
-            scores[GBT_NAME] = gbt_scores(features, train, common, label, int(trained_split["seed"]))
+            scores[GBT_NAME] = gbt_scores(
+                features, train, common, label, int(trained_split["seed"])
+            )
             baselines.setdefault(GBT_NAME, {"features": list(GBT_FEATURES), "datasets": {}})
             baselines[GBT_NAME]["datasets"][dataset] = {"trained_on": int(train.sum())}
         for base in (MASS_NAME, GBT_NAME):
             if base in scores:
-                entry = baselines.setdefault(base, {"datasets": {}})["datasets"].setdefault(dataset, {})
+                entry = baselines.setdefault(base, {"datasets": {}})["datasets"].setdefault(
+                    dataset, {}
+                )
                 entry.update(classifier_metrics(scores[base], y))
                 entry["evaluated_on"] = "rows no network trained on"
         if len(np.unique(y)) == 2:
@@ -363,7 +391,9 @@ def network_report(
             if formats:
                 aucs = {n: auc(s, y) for n, s in scores.items()}
                 stem = plot_dir / f"roc_{dataset}"
-                files += plot_rocs(curves[dataset], aucs, stem, list(formats), f"{dataset}: held-out rows")
+                files += plot_rocs(
+                    curves[dataset], aucs, stem, list(formats), f"{dataset}: held-out rows"
+                )
     if curves:
         hists["roc_networks"] = _roc_hist(curves)
     if not any(n["datasets"] for n in per_net.values()):

@@ -56,7 +56,7 @@ class _Strict(BaseModel):
 #: Options added in hepnn 0.2.x that are left out of every dump while unset, so that a
 #: config or ``model.json`` that does not use them keeps its bytes (and hashes).
 _UNSET_OMITTED: dict[str, tuple[Any, ...]] = {
-    "FlatInputs": ("transform", {}),
+    "FlatInputs": ("transform", {}, "symmetry", None),
     "SplitSpec": ("salt", None, "val_fraction", None),
     "TrainingSpec": ("class_balance", False),
 }
@@ -73,6 +73,52 @@ def _omit_unset(model: BaseModel, data: Any) -> Any:
 
 
 # ------------------------------------------------------------------- inputs
+class FlatSymmetry(_Strict):
+    """Inputs invariant under the detector's symmetries: a rotation in φ, reflections.
+
+    The pp collision and the detector are (to a good approximation) symmetric under a
+    common rotation of every azimuthal angle, under φ → −φ and under η → −η. A network
+    on raw angles must learn these symmetries from the training events; with
+    ``symmetry`` its inputs have them built in:
+
+    * every angle of ``phis`` becomes its difference to ``phi_reference``, wrapped to
+      [−π, π); ``phi_reference`` itself is then always 0 and is not a network input;
+    * with ``phi_reflect`` (one of ``phis``), all those differences change sign where that
+      one's is negative (so it is always in [0, π));
+    * every pseudorapidity of ``etas`` is multiplied by the sign of ``eta_reference`` (+1
+      where it is 0 or missing): the reference's own η becomes |η|.
+
+    A missing reference makes the rotated angles missing. Every name must be a feature.
+    """
+
+    phi_reference: str | None = None
+    phis: list[str] = Field(default_factory=list)
+    phi_reflect: str | None = None
+    eta_reference: str | None = None
+    etas: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlatSymmetry:
+        if self.phis and self.phi_reference is None:
+            msg = "symmetry.phis needs symmetry.phi_reference"
+            raise ValueError(msg)
+        if self.phi_reference is not None and self.phi_reference in self.phis:
+            msg = f"symmetry.phi_reference {self.phi_reference!r} cannot also be in phis"
+            raise ValueError(msg)
+        if self.phi_reflect is not None and self.phi_reflect not in self.phis:
+            msg = f"symmetry.phi_reflect {self.phi_reflect!r} must be one of phis"
+            raise ValueError(msg)
+        if self.etas and self.eta_reference is None:
+            msg = "symmetry.etas needs symmetry.eta_reference"
+            raise ValueError(msg)
+        return self
+
+    def names(self) -> list[str]:
+        """Every feature the symmetry reads."""
+        refs = [self.phi_reference, self.eta_reference]
+        return [n for n in [*refs, *self.phis, *self.etas] if n is not None]
+
+
 class FlatInputs(_Strict):
     """Event-level features: standardised on the training events, missing values imputed.
 
@@ -88,12 +134,25 @@ class FlatInputs(_Strict):
         description="per feature, applied before standardising: log1p = log(1 + x), x > -1",
     )
 
+    symmetry: FlatSymmetry | None = Field(
+        None, description="φ rotation and η / φ reflections of angle features (FlatSymmetry)"
+    )
+
     @model_validator(mode="after")
     def _transform_features(self) -> FlatInputs:
         unknown = sorted(set(self.transform) - set(self.features))
         if unknown:
             msg = f"transform names feature(s) not among the features: {', '.join(unknown)}"
             raise ValueError(msg)
+        if self.symmetry is not None:
+            unknown = sorted(set(self.symmetry.names()) - set(self.features))
+            if unknown:
+                msg = f"symmetry names feature(s) not among the features: {', '.join(unknown)}"
+                raise ValueError(msg)
+            both = sorted(set(self.symmetry.names()) & set(self.transform))
+            if both:
+                msg = f"feature(s) both transformed and in symmetry: {', '.join(both)}"
+                raise ValueError(msg)
         return self
 
     @model_serializer(mode="wrap")
@@ -200,7 +259,9 @@ class SplitSpec(_Strict):
     @classmethod
     def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(v) < 0 or v[0] <= 0 or v[1] <= 0 or not math.isclose(sum(v), 1.0, abs_tol=1e-9):
-            msg = "fractions (train, validation, test) must be >= 0, train and validation > 0, sum 1"
+            msg = (
+                "fractions (train, validation, test) must be >= 0, train and validation > 0, sum 1"
+            )
             raise ValueError(msg)
         return v
 
@@ -244,15 +305,21 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    patience: int = Field(10, ge=1, description="stop after this many epochs without a lower val loss")
+    patience: int = Field(
+        10, ge=1, description="stop after this many epochs without a lower val loss"
+    )
     lr_factor: float = Field(
-        0.5, gt=0, le=1, description="ReduceLROnPlateau factor after lr_patience epochs; 1 = constant"
+        0.5,
+        gt=0,
+        le=1,
+        description="ReduceLROnPlateau factor after lr_patience epochs; 1 = constant",
     )
     lr_patience: int = Field(3, ge=0)
     seed: int = Field(1234, ge=0, description="weights, batch order, dropout and augmentation")
     threads: int = Field(1, ge=1, description="intra-op threads (pinned: they change the bits)")
     use_weights: bool = Field(
-        False, description="weight the loss by the event weights, signal and background totals equal"
+        False,
+        description="weight the loss by the event weights, signal and background totals equal",
     )
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     class_balance: bool = Field(
@@ -277,7 +344,9 @@ class NetworkSpec(_Strict):
     weight: str = Field("Weight", description="event-weight branch (flat inputs)")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
-    datasets: list[str] | None = Field(None, description="datasets to train on (default all but is_data ones)")
+    datasets: list[str] | None = Field(
+        None, description="datasets to train on (default all but is_data ones)"
+    )
     max_events: int | None = Field(None, ge=1, description="train on the first N events (jets)")
     train: bool = Field(
         True, description="false: only applied when --models provides it (e.g. unlabelled data)"

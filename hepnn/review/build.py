@@ -24,6 +24,7 @@ import numpy as np
 from hepnn.errors import ConfigError, InputError
 from hepnn.files import atomic_text, write_json
 from hepnn.nets.apply import get_network
+from hepnn.nets.flat import FlatBuilder
 from hepnn.nets.inputs import make_builder
 from hepnn.review.gof import GofResult, Sample, Term, read_ranking, term_gof
 from hepnn.review.overtraining import overtraining_test, plot_overtraining
@@ -107,6 +108,27 @@ def _samples(
     return sim, Sample(raw, features, np.ones(len(raw))), "data (" + ", ".join(data_names) + ")"
 
 
+def _input_features(spec: NetworkSpec) -> list[str]:
+    """The features that are network inputs (all but an ``inputs.symmetry`` φ reference)."""
+    builder = make_builder(spec.inputs)
+    return (
+        builder.input_features if isinstance(builder, FlatBuilder) else list(spec.inputs.features)
+    )
+
+
+def _as_inputs(spec: NetworkSpec, *samples: Sample) -> tuple[Sample, ...]:
+    """The samples as the network sees them: ``inputs.symmetry`` applied (Δφ, signed η).
+
+    The review compares what the network is a function of: with a symmetry the ranked
+    ``PRI_lep_phi`` is Δφ(ℓ, τ), so simulation and data are compared in that, not in the
+    absolute angle. Pseudo-data are mismodelled before (in the raw feature, as data would be).
+    """
+    builder = make_builder(spec.inputs)
+    if not isinstance(builder, FlatBuilder) or builder.settings.symmetry is None:
+        return samples
+    return tuple(Sample(builder.symmetric(s.raw), s.features, s.weights) for s in samples)
+
+
 def review_gof(
     name: str, spec: NetworkSpec, loaded: LoadedNetwork, reader: DataReader, settings: ReviewConfig,
     outdir: Path,
@@ -119,7 +141,8 @@ def review_gof(
         terms = read_ranking(ranking, settings.top, spec.inputs.features)
         rev.terms_from = f"the top {settings.top} terms of `ranking/{name}.csv` (missing-value flags and third order left out)"
     else:
-        terms = [Term(f, 1, i + 1) for i, f in enumerate(spec.inputs.features[: settings.top])]
+        inputs = _input_features(spec)
+        terms = [Term(f, 1, i + 1) for i, f in enumerate(inputs[: settings.top])]
         rev.terms_from = f"no ranking (`ranking/{name}.csv` absent: add a `taylor` section): the first {len(terms)} inputs in config order"
     if settings.pseudo_data is not None and settings.pseudo_data.mismodel is not None:
         feat = settings.pseudo_data.mismodel.feature
@@ -132,7 +155,7 @@ def review_gof(
     if isinstance(got, str):
         rev.gof_note = got
         return rev
-    sim, data, rev.compared_with = got
+    sim, data, rev.compared_with = (*_as_inputs(spec, got[0], got[1]), got[2])
     label = "pseudo-data" if settings.pseudo_data is not None else "data"
     plot_dir = outdir / "review" / "plots"
     for term in terms:
