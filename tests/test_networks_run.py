@@ -43,7 +43,11 @@ def test_model_files_and_metrics(trained: Path) -> None:
     assert meta["kind"] == "flat"
     assert meta["inputs"]["kind"] == "flat"
     assert len(meta["inputs"]["features"]) == 30
-    assert len(meta["input_names"]) == 33  # 30 features + 3 missing-value flags (auto)
+    # 30 features, of which PRI_tau_phi is the symmetry's reference (always 0, no input),
+    # + 3 missing-value flags (auto)
+    assert len(meta["input_names"]) == 32
+    assert "PRI_tau_phi" not in meta["input_names"]
+    assert meta["inputs"]["symmetry"]["phi_reference"] == "PRI_tau_phi"
     assert meta["split"]["method"] == "kfold"
     assert [m["file"] for m in meta["models"]] == [f"model_fold{i}.pt" for i in range(4)]
     for f in trained.glob("models/dnn/model*.pt"):
