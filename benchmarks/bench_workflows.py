@@ -166,30 +166,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def mode_hepnn(path: Path, chunksize: int, work: Path) -> dict[str, Any]:
-    """``run_config`` of the Higgs workflow (networks off, no plots) on ``path``."""
-    import pickle
-
+def write_config(work: Path, workflow: str, name: str, dataset: dict, chunksize: int) -> Path:
+    """A samples YAML with one ``dataset`` and a config running ``workflows/<workflow>.py``
+    on it (iterative, ``chunksize``, no plots, no ROOT file); the config's path."""
     import yaml
 
-    from hepnn.config import load_config
-    from hepnn.pipeline import run_config
-
-    samples = work / "samples.yaml"
-    samples.write_text(
-        yaml.safe_dump({"datasets": {"higgs": {"format": "root", "files": [str(path)]}}})
-    )
-    config = work / "bench_higgs.yaml"
+    samples = work / f"samples_{workflow}.yaml"
+    samples.write_text(yaml.safe_dump({"datasets": {name: dataset}}))
+    config = work / f"bench_{workflow}.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                "name": "bench_higgs",
-                "workflow": str(REPO / "workflows" / "higgs.py"),
+                "name": f"bench_{workflow}",
+                "workflow": str(REPO / "workflows" / f"{workflow}.py"),
                 "samples": str(samples),
                 "executor": {"name": "iterative", "chunksize": chunksize},
                 "outputs": {"plots": False, "hists_root": False},
             }
         )
+    )
+    return config
+
+
+def mode_hepnn(path: Path, chunksize: int, work: Path) -> dict[str, Any]:
+    """``run_config`` of the Higgs workflow (networks off, no plots) on ``path``."""
+    import pickle
+
+    from hepnn.config import load_config
+    from hepnn.pipeline import run_config
+
+    config = write_config(
+        work, "higgs", "higgs", {"format": "root", "files": [str(path)]}, chunksize
     )
     # Time the workflow's own process() per block: the rest of the processing time is the
     # per-block overhead of the fixed-block design (events built per chunk, block slices,
@@ -338,27 +345,12 @@ def _nano_files(work: Path) -> list[Path]:
 
 def mode_nano_hepnn(work: Path, chunksize: int) -> dict[str, Any]:
     """The whole ``run_config`` of the fatjets workflow over the NanoAOD copies in ``work``."""
-    import yaml
 
     from hepnn.config import load_config
     from hepnn.pipeline import run_config
 
-    files = _nano_files(work)
-    samples = work / "nano_samples.yaml"
-    dataset = {"format": "root", "treename": "Events", "files": [str(f) for f in files]}
-    samples.write_text(yaml.safe_dump({"datasets": {"ttbar": dataset}}))
-    config = work / "bench_fatjets.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "bench_fatjets",
-                "workflow": str(REPO / "workflows" / "fatjets.py"),
-                "samples": str(samples),
-                "executor": {"name": "iterative", "chunksize": chunksize},
-                "outputs": {"plots": False, "hists_root": False},
-            }
-        )
-    )
+    dataset = {"format": "root", "treename": "Events", "files": [str(f) for f in _nano_files(work)]}
+    config = write_config(work, "fatjets", "ttbar", dataset, chunksize)
     t0 = time.perf_counter()
     run = run_config(load_config(config), work / "out_nano_hepnn", progress=False)
     seconds = time.perf_counter() - t0

@@ -113,20 +113,14 @@ def physics_inputs(builder: InputBuilder) -> list[int]:
     return [i for i, name in enumerate(builder.input_names) if name not in helpers]
 
 
-def defined_inputs(builder: InputBuilder, raw: np.ndarray) -> np.ndarray | None:
+def defined_inputs(builder: FlatBuilder, raw: np.ndarray) -> np.ndarray | None:
     """``(N, inputs)`` bool: the input's value is defined (not missing, so not imputed).
 
-    Flat inputs are the features (the columns of ``raw``, NaN = missing) followed
-    by helper inputs, which are always defined. None when every value is defined.
+    :meth:`FlatBuilder.defined`: the feature inputs are undefined where ``raw`` is NaN
+    (a rotated angle also where its reference is); helper inputs are always defined.
+    None when every value is defined.
     """
-    if isinstance(builder, FlatBuilder):  # rotated angles: undefined where the reference is
-        return builder.defined(raw)
-    ok = ~np.isnan(raw)
-    if ok.all():
-        return None
-    out = np.ones((raw.shape[0], len(builder.input_names)), dtype=bool)
-    out[:, : raw.shape[1]] = ok
-    return out
+    return builder.defined(raw)
 
 
 def input_scale(builder: FlatBuilder) -> np.ndarray:
