@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from click.testing import CliRunner, Result
+from cli_helpers import hepnn_run
+from click.testing import Result
 
-from hepnn.cli import main
 from hepnn.io.higgs_layout import FEATURES, LAYOUTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,10 +47,6 @@ def configs(tmp_path: Path) -> dict[str, Path]:
         )
         for name in ("higgs", "fatjets")
     }
-
-
-def hepnn_run(config: Path, out: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["run", str(config), "-o", str(out), "--quiet", *args])
 
 
 def run_samples(config: Path, tmp_path: Path, fmt: str, files: list[Path], **extra: str) -> Result:

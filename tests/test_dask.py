@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from cli_helpers import hepnn_run, manifest
+from click.testing import CliRunner
 
 from hepnn.cli import main
 
@@ -40,14 +40,6 @@ def write_config(folder: Path, options: dict | None = None, **executor: object) 
     path = folder / "probe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def hepnn_run(config: Path, out: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["run", str(config), "-o", str(out), "--quiet", *args])
-
-
-def manifest(out: Path) -> dict[str, Any]:
-    return json.loads((out / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from cli_helpers import hepnn_run, manifest
+from click.testing import Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hepnn.cli import main
 from hepnn.execution import Chunk, TreeMerger, describe_failure, dyadic_cover, merge_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,15 +43,6 @@ def write_config(
     path = folder / "probe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def hepnn_run(config: Path, out: Path, *args: str, quiet: bool = True) -> Result:
-    argv = ["run", str(config), "-o", str(out), *(["--quiet"] if quiet else []), *args]
-    return CliRunner().invoke(main, argv)
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
 
 
 def error_line(res: Result) -> str:

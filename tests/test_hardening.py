@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import error_line, hepnn_run, manifest
 from click.testing import CliRunner, Result
 from test_resume import checkpoint_files, interrupt, write_config
 
@@ -33,23 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def hepnn(*argv: str) -> Result:
     return CliRunner().invoke(main, list(argv))
-
-
-def hepnn_run(config: Path, out: Path, *args: str) -> Result:
-    return hepnn("run", str(config), "-o", str(out), "--quiet", *args)
-
-
-def error_line(res: Result, status: int = 2) -> str:
-    """Exit ``status``, exactly one ``error:`` line, no traceback."""
-    assert res.exit_code == status, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, res.output
-    assert "Traceback" not in res.output
-    return lines[0]
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from typing import Any
 import hist
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from cli_helpers import error_line
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,14 +34,6 @@ from hepnn.samples import load_samples
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny_model"  # a flat MLP trained by hepnn on the Higgs sample
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def error_line(res: Result, status: int = 2) -> str:
-    assert res.exit_code == status, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, res.output
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 def one_line(err: HepnnError) -> str:

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from click.testing import CliRunner, Result
+from cli_helpers import error_line, hepnn_run
 
 import hepnn.nets.data
-from hepnn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny_model"
@@ -51,18 +50,6 @@ def samples_yaml(folder: Path, fmt: str, file: Path) -> Path:
     path = folder / "samples.yaml"
     path.write_text(yaml.safe_dump({"datasets": {"higgs_challenge": {"format": fmt, "files": [str(file)]}}}))
     return path
-
-
-def hepnn_run(config: Path, out: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["run", str(config), "-o", str(out), "--quiet", *args])
-
-
-def error_line(res: Result, status: int) -> str:
-    assert res.exit_code == status, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, res.output
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -13,9 +12,9 @@ from typing import IO
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from cli_helpers import hepnn_run, manifest
+from click.testing import Result
 
-from hepnn.cli import main
 from hepnn.execution import CHECKPOINT_DIR, model_digest, run_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,16 +46,8 @@ def write_config(folder: Path, plugin: Path | None = None, **executor: object) -
     return path
 
 
-def hepnn_run(config: Path, out: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["run", str(config), "-o", str(out), "--quiet", *args])
-
-
 def checkpoint_files(out: Path) -> list[Path]:
     return sorted((out / CHECKPOINT_DIR).glob("*/*.pkl"))
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
