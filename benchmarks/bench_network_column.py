@@ -30,17 +30,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiled_dataset(src: Dataset, repeat: int, tmp: Path) -> Dataset:
-    """The dataset's events repeated ``repeat`` times (new EventIds) in one ROOT file."""
+    """The dataset's events repeated ``repeat`` times (new EventIds) in one ROOT file.
+
+    Written one copy per ``extend`` (one basket of 18k events per branch, as in a real
+    file): a single basket of every event would be decompressed whole by every chunk.
+    """
     f = src.files[0]
     with uproot.open(f.root_path) as fh:
         arrays = fh[f.treename].arrays(library="np")
     n = len(arrays["EventId"])
-    tiled = {k: np.concatenate([v] * repeat) for k, v in arrays.items()}
-    tiled["EventId"] = np.arange(n * repeat, dtype=np.int64) + 100000
     path = tmp / "tiled.root"
     with uproot.recreate(path) as out:
-        out.mktree("Events", {k: v.dtype for k, v in tiled.items()})
-        out["Events"].extend(tiled)
+        out.mktree("Events", {k: v.dtype for k, v in arrays.items()})
+        for k in range(repeat):
+            copy = {**arrays, "EventId": np.arange(k * n, (k + 1) * n, dtype=np.int64) + 100000}
+            out["Events"].extend(copy)
     return Dataset(
         src.name, src.format, [FileEntry(path, path, "Events", n * repeat)], src.metadata
     )

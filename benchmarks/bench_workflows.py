@@ -22,7 +22,11 @@ process): :func:`hepnn.execution.run_workflow`, the same run with a workflow tha
 reads the branches, and ``uproot`` arrays of those branches (best of ``--repeat``).
 
     python benchmarks/bench_workflows.py                       # 1,008,000 Higgs events
-    python benchmarks/bench_workflows.py --higgs-events 200000 --nano-copies 0
+    python benchmarks/bench_workflows.py --higgs-events 200000 --nano-copies 0 --rss-events ''
+
+**Peak RSS vs events** (``--rss-events``): hepnn and plain coffea on Higgs files of each
+size, each in its own process; prints the growth in MB per million events between the
+two largest (flat memory: about 0).
 """
 
 from __future__ import annotations
@@ -450,12 +454,34 @@ def bench_higgs(min_events: int, chunksize: int, work: Path) -> None:
     print(f"histograms hepnn vs coffea: {nh} compared, max relative difference {worst:.1e}")
 
 
+def bench_rss(sizes: list[int], chunksize: int, work: Path) -> None:
+    """Peak RSS of hepnn and plain coffea on files of each size: flat, or growing per event?"""
+    print(f"{'events':>10} {'hepnn peak RSS':>15} {'coffea peak RSS':>16}", flush=True)
+    peaks: dict[str, list[float]] = {"hepnn": [], "coffea": []}
+    for size in sizes:
+        path, n = make_higgs_root(work / f"higgs_rss_{size}.root", size, work / "cache")
+        row = {m: run_mode(m, path, chunksize, work, []) for m in ("hepnn", "coffea")}
+        for m, r in row.items():
+            assert r["events"] == n, (m, r["events"], n)
+            peaks[m].append(r["rss_mb"])
+        print(f"{n:>10,} {row['hepnn']['rss_mb']:>12.0f} MB {row['coffea']['rss_mb']:>13.0f} MB")
+        path.unlink()
+    for m, p in peaks.items():
+        growth = (p[-1] - p[-2]) / (sizes[-1] - sizes[-2]) * 1e6
+        print(f"{m}: {growth:+.1f} MB per million events between the two largest files")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--higgs-events", type=int, default=1_000_000, help="at least this many")
     parser.add_argument("--chunksize", type=int, default=100_000)
     parser.add_argument("--nano-copies", type=int, default=50, help="copies of the 200-event file")
     parser.add_argument("--repeat", type=int, default=2, help="best of N (fatjets)")
+    parser.add_argument(
+        "--rss-events",
+        default="1000000,2000000,4000000",
+        help="Higgs file sizes for the peak-RSS-vs-events comparison ('' to skip)",
+    )
     parser.add_argument(
         "--mode",
         choices=["hepnn", "coffea", "uproot", "nano_hepnn", "nano_coffea"],
@@ -485,6 +511,9 @@ def main() -> None:
         work = Path(tmp)
         if args.higgs_events > 0:
             bench_higgs(args.higgs_events, args.chunksize, work)
+        sizes = [int(x) for x in args.rss_events.split(",") if x]
+        if len(sizes) >= 2:
+            bench_rss(sizes, args.chunksize, work)
         if args.nano_copies <= 0:
             return
         src = REPO / "samples" / "nanoaod" / "nano_tt_v15.root"

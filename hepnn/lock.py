@@ -54,6 +54,7 @@ KNOWN_OUTPUTS = frozenset(
         "manifest.json", "metrics.json", "config.resolved.yaml", "hists.pkl", "hists.root",
         "models", "columns", "plots", "ranking", "cross_validation", "review", "systematics",
         "hists_normalised.pkl", "normalisation.json", "outputs.pkl", "cutflow.json",
+        ".column_parts",
     }
 )  # fmt: skip
 #: Names whose presence shows that a folder is a hepnn output folder.

@@ -25,6 +25,7 @@ from hepnn.samples import Dataset, load_samples, resolve_samples
 from hepnn.workflow import FoundWorkflow, WorkflowContext, find_workflow
 
 if TYPE_CHECKING:
+    from hepnn.columns import ColumnSpill
     from hepnn.execution import ChunkCheckpoints, RunResult
     from hepnn.nets.data import DataReader
     from hepnn.nets.lifecycle import PreparedNetwork
@@ -77,6 +78,7 @@ class Run:
     reader: DataReader | None = None
     networks: dict[str, PreparedNetwork] = field(default_factory=dict)
     checkpoints: ChunkCheckpoints | None = None
+    spill: ColumnSpill | None = None
     result: RunResult | None = None
     hists: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
@@ -178,6 +180,7 @@ def rank_networks(run: Run) -> None:
 
 def process_events(run: Run) -> None:
     """Run the workflow over every chunk (checkpointed, retried, merged in a fixed order)."""
+    from hepnn.columns import PARTS_DIR, ColumnSpill
     from hepnn.execution import ChunkCheckpoints, run_fingerprint, run_workflow
     from hepnn.processors import (
         hepnn_columns,
@@ -212,22 +215,36 @@ def process_events(run: Run) -> None:
         resolved_dict(cfg), found.source_sha256, models, cfg.executor.block_size, context.datasets
     )
     run.checkpoints = ChunkCheckpoints(run.outdir, fingerprint, resume=run.resume)
+    run.spill = ColumnSpill(run.outdir / PARTS_DIR)
     run.result = run_workflow(
         processor, schema, run.datasets, cfg.executor,
         maxchunks=2 if run.test else None, status=run.progress, checkpoints=run.checkpoints,
+        spill=run.spill,
     )  # fmt: skip
     output = postprocess_output(processor, run.result.output)  # once, on the merged output
     run.columns = hepnn_columns(output)
+    for merged in (output, run.result.output):  # one mapping: write_columns updates it for all
+        if run.columns and isinstance(merged, dict) and "columns" in merged:
+            merged["columns"] = run.columns
     run.hists, other = split_output(output)
     run.other_outputs = output if other else None
 
 
 def write_columns(run: Run) -> None:
-    """``columns/<dataset>.parquet``: the per-event (per-jet) columns of every dataset."""
+    """``columns/<dataset>.parquet``: the per-event (per-jet) columns of every dataset.
+
+    Written from the spilled parts, one at a time; the parts are then deleted, and later
+    stages read the columns from the written files.
+    """
+    from hepnn.columns import ColumnParts
+
     for dataset, cols in run.columns.items():
         path = run.outdir / "columns" / f"{dataset}.parquet"
         cols.write_parquet(path)
         run.files.append(path)
+        run.columns[dataset] = ColumnParts([path], cols.names, len(cols))
+    if run.spill is not None:
+        run.spill.clear()
 
 
 def normalise(run: Run) -> None:

@@ -181,11 +181,19 @@ def _walk_hists(prefix: tuple[str, ...], value: Any, hists: dict[str, hist.Hist]
 
 
 def hepnn_columns(output: Any) -> dict[str, Any]:
-    """hepnn's per-dataset :class:`~hepnn.columns.Columns` under the output's ``columns`` key, else ``{}``."""
-    from hepnn.columns import Columns
+    """hepnn's per-dataset columns under the output's ``columns`` key, else ``{}``.
+
+    Each is a :class:`~hepnn.columns.Columns` (in memory) or, in a run that spilled them,
+    a :class:`~hepnn.columns.ColumnParts`.
+    """
+    from hepnn.columns import ColumnParts, Columns
 
     cols = output.get("columns") if isinstance(output, Mapping) else None
-    if isinstance(cols, Mapping) and cols and all(isinstance(c, Columns) for c in cols.values()):
+    if (
+        isinstance(cols, Mapping)
+        and cols
+        and all(isinstance(c, Columns | ColumnParts) for c in cols.values())
+    ):
         return dict(cols)
     return {}
 

@@ -7,7 +7,7 @@ import hist
 import numpy as np
 import pytest
 
-from hepnn.fill import CategoryGroups
+from hepnn.fill import CategoryGroups, factorize
 from hepnn.io.higgs_layout import MISSING_VALUE
 from hepnn.io.missing import mask_missing, present_values
 
@@ -94,3 +94,29 @@ def test_present_values(higgs: dict[str, np.ndarray]) -> None:
     p3, v3 = present_values(ak.Array(raw))
     assert p3.all()
     assert np.array_equal(v3, raw.astype(np.float64))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array(["signal", "background", "background", "signal"]),
+        np.arange(1000) % 40,  # more distinct values than compared one by one: numpy's unique
+        np.array([np.nan, 1.0, np.nan, 2.0]),  # NaN != NaN: numpy's unique as well
+        np.array([], dtype="U7"),
+    ],
+)
+def test_factorize_indexes_the_values(values: np.ndarray) -> None:
+    uniques, codes = factorize(values)
+    assert codes.dtype == np.int64
+    assert codes.shape == values.shape
+    assert np.array_equal(uniques[codes], values, equal_nan=values.dtype.kind == "f")
+    assert len(uniques) == len(np.unique(values))
+
+
+def test_factorize_of_real_categories(cats: dict[str, np.ndarray]) -> None:
+    """Process and jet bin of the 18k events: found in order of appearance, no sort."""
+    for name in ("process", "njet"):
+        uniques, codes = factorize(cats[name])
+        assert sorted(uniques.tolist()) == np.unique(cats[name]).tolist()
+        assert uniques[0] == cats[name][0]
+        assert np.array_equal(uniques[codes], cats[name])

@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from hepnn.errors import ConfigError, InputError, ModelError
-from hepnn.nets.flat import FLAG_SUFFIX, MISSING_VALUE, FlatBuilder, missing_mask
+from hepnn.nets.flat import FLAG_SUFFIX, MISSING_VALUE, FlatBuilder, missing_values
 from hepnn.nets.inputs import load_builder, make_builder
 from hepnn.nets.spec import FlatInputs
 
@@ -112,9 +112,11 @@ def test_nan_masked_and_sentinel_are_the_same_missing(higgs, features):
     for cols in (as_nan, as_masked):
         again = prep.transform(prep.raw(cols))
         assert np.array_equal(again.view(np.uint32), sentinel.view(np.uint32))
-    values, mask = missing_mask(np.ma.array([1.0, 2.0, np.nan, -999.0], mask=[0, 1, 0, 0]))
-    assert mask.tolist() == [False, True, True, True]
+    source = np.ma.array([1.0, 2.0, np.nan, -999.0], mask=[0, 1, 0, 0])
+    values = missing_values(source)
+    assert np.isnan(values).tolist() == [False, True, True, True]
     assert values[0] == 1.0
+    assert source.data[3] == -999.0  # the caller's column is not changed
 
 
 def test_transform_is_chunk_independent(higgs, features):

@@ -130,8 +130,8 @@ def test_block_merge_is_chunking_independent(tmp_path: Path) -> None:
     for r in outs[1:]:
         for name, h in _hists(outs[0].output).items():
             assert np.array_equal(h.view(flow=True), r.output[name].view(flow=True)), name
-        cols = outs[0].output["columns"]["higgs_challenge"].data
-        for key, values in r.output["columns"]["higgs_challenge"].data.items():
+        cols = outs[0].output["columns"]["higgs_challenge"].read().data
+        for key, values in r.output["columns"]["higgs_challenge"].read().data.items():
             assert np.array_equal(cols[key], values), key
 
 

@@ -178,7 +178,8 @@ class Higgs(Workflow):
             storage=hist.storage.Weight(),
             label="visible vs MMC mass",
         )
-        CategoryGroups(process=process).fill(
+        by_process = CategoryGroups(process=process)
+        by_process.fill(
             h2, where=has_mmc & has_mvis, dataset=dataset, mvis=mvis, mmc=mmc, weight=weight
         )
         out["mvis_vs_mmc"] = h2
@@ -197,7 +198,11 @@ class Higgs(Workflow):
             systs = self._varied_scores(net, path, score, raw, varied, process, weight, out)
             for syst, (s_var, _) in systs.items():
                 columns[f"score_{net}_{syst}"] = s_var
-            out.update(self._network_hists(net, score, ev, dataset, process, groups, weight, systs))
+            out.update(
+                self._network_hists(
+                    net, score, ev, dataset, process, groups, by_process, weight, systs
+                )
+            )
             replicas = band_replicas(
                 path, events, score, mc_dropout=self.context.mc_dropout,
                 members=self.context.ensembles.get(net),
@@ -262,6 +267,7 @@ class Higgs(Workflow):
         dataset: str,
         process: np.ndarray,
         groups: CategoryGroups,
+        by_process: CategoryGroups,
         weight: np.ndarray,
         systs: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] | None = None,
     ) -> dict[str, hist.Hist]:
@@ -288,7 +294,6 @@ class Higgs(Workflow):
             label=f"{net} score (fine binning for ROC/AMS)",
             metadata={"plot": False},
         )
-        by_process = CategoryGroups(process=process)
         by_process.fill(fine, score=s, weight=weight)
         out[f"score_fine_{net}"] = fine
         if syst_axes:

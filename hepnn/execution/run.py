@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coffea import processor
 
@@ -37,6 +37,9 @@ from hepnn.execution.executors import make_executor
 from hepnn.execution.merge import TreeMerger
 from hepnn.execution.task import make_payload
 from hepnn.samples import Dataset
+
+if TYPE_CHECKING:
+    from hepnn.columns import ColumnSpill
 
 
 @dataclass
@@ -83,6 +86,7 @@ def run_workflow(
     maxchunks: int | None = None,
     status: bool = True,
     checkpoints: Any = None,
+    spill: ColumnSpill | None = None,
 ) -> RunResult:
     """Process every chunk of every dataset and merge outputs in a fixed order.
 
@@ -103,6 +107,10 @@ def run_workflow(
     checkpoints
         A :class:`hepnn.execution.checkpoints.ChunkCheckpoints`: finished chunks are loaded
         from it (``--resume``) and saved to it as they arrive.
+    spill
+        A :class:`hepnn.columns.ColumnSpill`: the per-event columns of each arriving chunk
+        are written to part files and only their paths are merged, so memory does not grow
+        with the number of events (default: kept in memory).
 
     Raises
     ------
@@ -136,7 +144,10 @@ def run_workflow(
             msg = f"{c.where}: returned {item['entries']} events"
             raise AccountingError(msg)
         processed[c.dataset] += item["entries"]
-        merger.add(c.dataset, c.filename, item["nodes"], n_blocks[(c.dataset, c.filename)])
+        nodes = item["nodes"]
+        if spill is not None:  # a new dict: ``item`` is checkpointed as it came
+            nodes = {k: spill.spill(v) for k, v in nodes.items()}
+        merger.add(c.dataset, c.filename, nodes, n_blocks[(c.dataset, c.filename)])
 
     keys: dict[Chunk, str] = {}
     todo: list[Chunk] = []

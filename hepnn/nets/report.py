@@ -57,7 +57,7 @@ from hepnn.nets.split import TEST, TRAIN, held_out, route, split_codes
 from hepnn.nets.store import model_json_path, parse_model_json
 
 if TYPE_CHECKING:
-    from hepnn.columns import Columns
+    from hepnn.columns import ColumnParts, Columns
     from hepnn.nets.data import TrainingData
     from hepnn.nets.train import TrainResult
     from hepnn.samples import Dataset
@@ -289,7 +289,7 @@ def _label_column(data: Mapping[str, np.ndarray], meta: dict[str, Any]) -> str |
 def network_report(
     networks: Mapping[str, str | Path],
     hists: dict[str, Any],
-    columns: Mapping[str, Columns],
+    columns: Mapping[str, Columns | ColumnParts],
     datasets: Mapping[str, Dataset],
     plot_dir: Path,
     *,
@@ -326,7 +326,7 @@ def network_report(
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     files: list[Path] = []
     for dataset, cols in columns.items():
-        d = cols.data
+        d = cols.read().data
         names = [n for n in networks if f"score_{n}" in d and _label_column(d, metas[n])]
         if not names:
             continue
