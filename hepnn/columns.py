@@ -17,7 +17,7 @@ one part at a time, and every value is the same as with the columns in memory.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,8 @@ class ColumnParts:
                 fields.append(pa.field(name, pa.from_numpy_dtype(dtype)))
         return pa.schema(fields)
 
-    def _tables(self) -> Any:
+    def _tables(self) -> Iterator[pa.Table]:
+        """Each part in order, cast to :meth:`_schema`."""
         schema = self._schema()
         for p in self.paths:
             yield pq.read_table(p).select(list(self.names)).cast(schema)

@@ -79,26 +79,45 @@ def renormalise(
     return out
 
 
+class RankedScores:
+    """Scores sorted and tie-grouped once, for many weighted AUCs of the same rows.
+
+    A bootstrap resample is a weighting of the rows by how often each was drawn, so its
+    AUC is :meth:`auc` of those counts: no re-sort and no sklearn call per resample
+    (sklearn's input checks took ~7 ms per call; 4,000 calls per trained network).
+    """
+
+    def __init__(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        x = np.asarray(scores, dtype=np.float64)
+        self.order = np.argsort(-x, kind="mergesort")
+        xs = x[self.order]
+        self.last = np.r_[np.flatnonzero(np.diff(xs) != 0), len(xs) - 1]  # end of each tie group
+        y = np.asarray(labels)
+        self.signal, self.background = y == 1, y == 0
+
+    def auc(self, weights: np.ndarray) -> float:
+        """Σ w_s w_b [x_s > x_b] (+½ ties) / (W_s W_b); NaN unless W_s > 0 and W_b > 0.
+
+        From the ROC of the cumulative weights per tie group (trapezoids, so tied scores
+        count ½). Negative weights are kept with their sign.
+        """
+        w = np.asarray(weights, dtype=np.float64)
+        ws, wb = np.where(self.signal, w, 0.0), np.where(self.background, w, 0.0)
+        total_s, total_b = float(ws.sum()), float(wb.sum())
+        if not (total_s > 0 and total_b > 0):
+            return math.nan
+        tpr = np.r_[0.0, np.cumsum(ws[self.order])[self.last]] / total_s
+        fpr = np.r_[0.0, np.cumsum(wb[self.order])[self.last]] / total_b
+        return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
 def signed_weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
     """Weighted AUC that keeps negative weights: Σ w_s w_b [x_s > x_b] (+½ ties) / (W_s W_b).
 
-    Computed from the ROC of the score-sorted, tie-grouped cumulative signed
-    weights (trapezoids, so tied scores count ½). NaN unless both classes have a
-    positive weight total.
+    :meth:`RankedScores.auc` of the scores (sorted cumulative ROC, exact tie handling).
+    NaN unless both classes have a positive weight total.
     """
-    x = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels)
-    w = np.asarray(weights, dtype=np.float64)
-    ws, wb = np.where(y == 1, w, 0.0), np.where(y == 0, w, 0.0)
-    total_s, total_b = float(ws.sum()), float(wb.sum())
-    if not (total_s > 0 and total_b > 0):
-        return math.nan
-    order = np.argsort(-x, kind="mergesort")
-    xs = x[order]
-    last = np.r_[np.flatnonzero(np.diff(xs) != 0), len(xs) - 1]  # end of each tie group
-    tpr = np.r_[0.0, np.cumsum(ws[order])[last]] / total_s
-    fpr = np.r_[0.0, np.cumsum(wb[order])[last]] / total_b
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    return RankedScores(scores, labels).auc(weights)
 
 
 def auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:

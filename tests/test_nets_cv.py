@@ -201,6 +201,21 @@ def test_paired_bootstrap_is_seeded(all_jets: TrainingData) -> None:
     assert same["difference"] == same["standard_error"] == 0.0
 
 
+def test_paired_bootstrap_is_the_auc_of_the_drawn_rows(all_jets: TrainingData) -> None:
+    """Draw counts as weights give each resample's AUC: the same as sklearn on the drawn rows."""
+    y = all_jets.labels
+    mass = all_jets.baseline["jet_mass"].astype(np.float64)
+    ptd = np.round(all_jets.baseline["jet_ptd"].astype(np.float64), 2)  # many tied scores
+    got = paired_bootstrap(mass, -ptd, y, 40, 11)
+    rng = np.random.default_rng(11)
+    diffs = []
+    for _ in range(40):
+        idx = rng.integers(0, len(y), len(y))
+        diffs.append(auc(mass[idx], y[idx]) - auc(-ptd[idx], y[idx]))
+    assert got["standard_error"] == pytest.approx(np.std(diffs, ddof=1), rel=1e-9)
+    assert got["interval_68"] == pytest.approx(list(np.percentile(diffs, [16, 84])), rel=1e-9)
+
+
 @pytest.mark.parametrize(
     ("sets", "message"),
     [

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hepnn.errors import ConfigError, InputError
-from hepnn.metrics import auc
+from hepnn.metrics import RankedScores, auc
 from hepnn.nets.apply import forward
 from hepnn.nets.report import (
     GBT_NAME,
@@ -73,10 +73,12 @@ def paired_bootstrap(
     """
     rng = np.random.default_rng(seed)
     n = len(labels)
+    ranked_a, ranked_b = RankedScores(a, labels), RankedScores(b, labels)
     diffs = np.empty(resamples)
     for i in range(resamples):
-        idx = rng.integers(0, n, n)
-        diffs[i] = auc(a[idx], labels[idx]) - auc(b[idx], labels[idx])
+        # the AUC of the drawn rows is the AUC of all rows weighted by their draw counts
+        counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        diffs[i] = ranked_a.auc(counts) - ranked_b.auc(counts)
     lo, hi = np.percentile(diffs, [16, 84])
     return {
         "difference": auc(a, labels) - auc(b, labels),
