@@ -123,8 +123,8 @@ def experiment_label(ax: Any, settings: PlotSettings, *, data: bool, title: str 
     offset.set_horizontalalignment("right")
     offset.set_x(-0.02)
     # mplhep would shift the label right of the offset text, which it finds by drawing the
-    # whole figure (0.4 s per plot, measured here): the offset text is moved out of the way
-    # above instead
+    # whole figure once more (~0.1 s per plot: 226 plots redrawn in 120 instead of 138 s,
+    # measured here); the offset text is moved out of the way above instead
     kwargs = {"text": settings.label, "data": data, "rlabel": rlabel, "loc": 0, "ax": ax,
               "scilocator_adjust": False}  # fmt: skip
     if settings.experiment == "cms":
