@@ -167,9 +167,8 @@ class ColumnSpill:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"part_{self._count:08d}.parquet"
         self._count += 1
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.table(cols.data), tmp)
-        return ColumnParts([path], tuple(cols.data), len(cols))
+        cols.write_parquet(path)
+        return ColumnParts([path], cols.names, len(cols))
 
     def clear(self) -> None:
         """Delete the parts (after the columns were written)."""

@@ -15,7 +15,6 @@ from hepnn.config import TaylorConfig
 from hepnn.nets.data import TrainingData
 from hepnn.nets.flat import FlatBuilder
 from hepnn.nets.rank import (
-    defined_inputs,
     input_scale,
     physics_inputs,
     rank_network,
@@ -128,7 +127,7 @@ def test_defined_fraction_masking_matches_numpy(parity_net):
     # the mask changes the number: averaged over all events the imputed ones count
     plain = mean_abs_taylor(model, builder.transform(raw), orders=(1,), features=feats)
     assert plain.values[mjj] != pytest.approx(result.values[mjj], rel=1e-3)
-    assert defined_inputs(builder, raw[~np.isnan(raw).any(axis=1)]) is None
+    assert builder.defined(raw[~np.isnan(raw).any(axis=1)]) is None
 
 
 class _Square(nn.Module):
@@ -210,7 +209,7 @@ def test_training_spread_from_the_real_models(kfold_nets):
         raw = data.raw[sub]
         direct = mean_abs_taylor(
             net.models[m], builder.transform(raw), orders=(1, 2),
-            features=physics_inputs(builder), defined=defined_inputs(builder, raw),
+            features=physics_inputs(builder), defined=builder.defined(raw),
         )  # fmt: skip
         np.testing.assert_allclose(folds.train_values[m], direct.values, rtol=1e-12)
     np.testing.assert_allclose(folds.err_train, np.std(folds.train_values, axis=0, ddof=1))

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hepnn.models.forward import INFERENCE_THREADS, torch_threads
-from hepnn.nets.flat import FlatBuilder
 from hepnn.nets.split import VAL, held_out, route, split_codes
 from hepnn.plotting import save_figure
 from hepnn.taylor import (
@@ -52,6 +51,7 @@ from hepnn.taylor import (
 if TYPE_CHECKING:
     from hepnn.config import TaylorConfig
     from hepnn.nets.data import TrainingData
+    from hepnn.nets.flat import FlatBuilder
     from hepnn.nets.inputs import InputBuilder
     from hepnn.nets.spec import SplitSpec
     from hepnn.nets.store import LoadedNetwork
@@ -113,16 +113,6 @@ def physics_inputs(builder: InputBuilder) -> list[int]:
     return [i for i, name in enumerate(builder.input_names) if name not in helpers]
 
 
-def defined_inputs(builder: FlatBuilder, raw: np.ndarray) -> np.ndarray | None:
-    """``(N, inputs)`` bool: the input's value is defined (not missing, so not imputed).
-
-    :meth:`FlatBuilder.defined`: the feature inputs are undefined where ``raw`` is NaN
-    (a rotated angle also where its reference is); helper inputs are always defined.
-    None when every value is defined.
-    """
-    return builder.defined(raw)
-
-
 def input_scale(builder: FlatBuilder) -> np.ndarray:
     """Per-input sigma of the standardisation: the features' training std, 1 for helpers."""
     std = np.asarray(builder.std, dtype=np.float64)[builder.kept]
@@ -164,7 +154,7 @@ def _rank_rows(
             result = mean_abs_taylor(
                 model, x, weights=w, orders=orders, output=settings.output,
                 input_names=builder.input_names, progress=progress, features=feats,
-                defined=None if helpers else defined_inputs(builder, raw),
+                defined=None if helpers else builder.defined(raw),
                 scale=input_scale(builder) if settings.inputs == "unscaled" else None,  # type: ignore[arg-type]
                 bootstrap=None if counts is None else counts[:, pick],
             )  # fmt: skip
